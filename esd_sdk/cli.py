@@ -48,7 +48,7 @@ def cli(verbose: int) -> None:
 
 
 model_option = click.option(
-    "--model", default="toy", show_default=True, metavar="MODEL",
+    "--model", default="CompVis/stable-diffusion-v1-4", show_default=True, metavar="MODEL",
     help="'toy' (bundled, offline), a local diffusers directory, a .safetensors checkpoint, or a hub id.")
 allow_pickle_option = click.option(
     "--allow-pickle", is_flag=True, help="Also load pickled weights (.bin/.ckpt). Runs code from the file: trust it first.")
@@ -111,6 +111,138 @@ def info(model, allow_pickle):
 
     base = load_base(model, allow_pickle=allow_pickle)
     click.echo(base.describe())
+
+
+EPILOG_ERASE = """\b
+Examples:
+  esd-sdk erase --concept "van gogh" --method x                 # the paper's ESD-x on SD 1.4
+  esd-sdk erase --model toy --concept circle --method u --out erased-circle
+  esd-sdk erase --model toy --concept striped --method x --preserve dotted
+  esd-sdk erase --model toy --concept circle --dry-run          # which tensors would train
+  esd-sdk erase --model toy --concept circle --out erased-circle --resume   # after Ctrl-C
+\b
+Methods: x (cross-attention, styles), u (all but cross-attention: objects, nudity),
+x-strict (attn2.to_k/to_v), self (self-attention), all, re:REGEX (your own selection).
+Unset options take the paper's defaults (eta 1, 1000 steps, lr 1e-5, 50 DDIM steps,
+guidance 3); on --model toy, the toy defaults (200 steps, lr 2e-4, 25 DDIM steps).
+"""
+
+
+def _slug(text: str) -> str:
+    import re
+
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:40] or "concept"
+
+
+@cli.command(epilog=EPILOG_ERASE)
+@click.option("--concept", "concepts", multiple=True, required=True, help="Prompt naming what to erase; repeat for several.")
+@click.option("--method", default="x", show_default=True, help="Which tensors train: x, u, x-strict, self, all, or re:REGEX.")
+@click.option("--model", default=None, metavar="MODEL",
+              help="Base model: a hub id (default CompVis/stable-diffusion-v1-4), a local diffusers directory, a .safetensors file, or 'toy'.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Output directory [default: esd-<concept>-<method>].")
+@click.option("--eta", "negative_guidance", type=float, help="Negative guidance eta (paper: 1.0).")
+@click.option("--steps", type=int, help="Optimisation steps (paper: 1000).")
+@click.option("--lr", type=float, help="Adam learning rate (paper: 1e-5).")
+@click.option("--preserve", multiple=True, help="Prompt whose predictions stay the base model's; repeat for several.")
+@click.option("--preserve-weight", type=float, help="Weight of the preservation loss [1.0].")
+@click.option("--ddim-steps", type=int, help="DDIM steps of the x_t trajectories (paper: 50).")
+@click.option("--sample-guidance", type=float, help="Guidance scale while sampling x_t (paper: 3).")
+@click.option("--sampler", type=click.Choice(["edited", "frozen"]), help="Sample x_t with the edited model (paper) or the frozen one (upstream code).")
+@click.option("--regenerate-every", type=int, help="Reuse one full trajectory for k steps (1 = the paper).")
+@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), help="Autocast precision; weights stay fp32 [fp32].")
+@click.option("--gradient-checkpointing/--no-gradient-checkpointing", default=None, help="[default: on for CUDA]")
+@click.option("--batch-size", type=int, help="Trajectories per step [1].")
+@click.option("--resolution", type=int, help="Image size of the trajectories [the model's default].")
+@click.option("--seed", type=int, help="Random seed [0].")
+@click.option("--checkpoint-every", type=int, help="Steps between resumable checkpoints [100].")
+@click.option("--device", help="torch device [cuda if available, else cpu].")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run of the same --out from its checkpoint.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output directory.")
+@click.option("--dry-run", is_flag=True, help="Print which tensors would train, then exit.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@allow_pickle_option
+@_errors_to_exit
+def erase(concepts, method, model, out, device, resume, overwrite, dry_run, quiet, allow_pickle, **settings):
+    """Erase a concept from a model's UNet with ESD and write the edited model.
+
+    Writes OUT/unet (a standalone diffusers UNet), OUT/esd_delta.safetensors (only the
+    changed tensors), OUT/esd.json (manifest) and OUT/README.md (model card).
+    """
+    from .config import EraseConfig
+    from .erase import erase as run_erase, resolve_config
+    from .loading import DEFAULT_MODEL, load_base
+    from .selection import select_parameters
+
+    explicit = {k for k, v in settings.items() if v is not None}
+    explicit = {k for k in explicit if not (k == "preserve" and not settings[k])}
+    fields = {k: settings[k] for k in explicit}
+    if "preserve" in fields:
+        fields["preserve"] = list(fields["preserve"])
+    config = EraseConfig(concepts=list(concepts), method=method, **fields).validate()
+    if out is None:
+        out = Path(f"esd-{_slug(concepts[0])}-{_slug(method)}")
+    if dry_run:
+        base = load_base(model or DEFAULT_MODEL, allow_pickle=allow_pickle)
+        config = resolve_config(config, base, explicit)
+        selection = select_parameters(base.unet, config.method)
+        click.echo(base.describe())
+        click.echo(selection.summary())
+        for name in selection.tensors:
+            click.echo(f"  {name}")
+        click.echo(f"settings: {config.to_dict()}")
+        return
+    from .fold import prepare_output
+
+    prepare_output(out, overwrite=overwrite, resume=resume)
+    base = load_base(model or DEFAULT_MODEL, allow_pickle=allow_pickle)
+    result = run_erase(config, base, out, overwrite=overwrite, resume=resume, device=device,
+                       progress=not quiet, explicit=explicit)
+    m = result.manifest
+    click.echo(f"erased {', '.join(repr(c) for c in config.concepts)} with ESD-{config.method} in "
+               f"{m['training']['seconds']:.1f}s ({m['trained']['summary']}); wrote {out}")
+
+
+@cli.command("apply-delta")
+@click.argument("edit", type=click.Path(exists=True, path_type=Path))
+@click.option("--model", default=None, metavar="MODEL", help="Model whose UNet the delta applies to [the edit's base model].")
+@click.option("--unet", "unet_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Apply to this standalone UNet directory instead of --model's UNet.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Directory for the resulting UNet.")
+@click.option("--revert", is_flag=True, help="Remove the delta from an edited UNet instead of adding it.")
+@click.option("--no-check", is_flag=True, help="Skip the weights-hash checks (apply to a different base at your own risk).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --out.")
+@_errors_to_exit
+def apply_delta(edit, model, unet_dir, out, revert, no_check, overwrite):
+    """Apply an erase's delta to a base UNet (or revert it), writing a standalone UNet.
+
+    EDIT is an erase output directory or its esd_delta.safetensors. Deltas stack: apply
+    one edit's delta, then another's whose base is the first result.
+    """
+    import shutil
+
+    from .errors import OutputExistsError
+    from .fold import apply_delta as run_apply, read_delta
+    from .loading import load_base
+
+    if out.exists() and not overwrite:
+        raise OutputExistsError(f"output {out} already exists: pass --overwrite to replace it, or choose another --out")
+    if unet_dir is not None:
+        from diffusers import UNet2DConditionModel
+
+        unet = UNet2DConditionModel.from_pretrained(unet_dir, use_safetensors=True)
+    else:
+        model = model or read_delta(edit)[1].get("base_model")
+        if not model:
+            raise click.UsageError("the delta names no base model: pass --model or --unet")
+        unet = load_base(model).unet
+    run_apply(unet, edit, revert=revert, check=not no_check)
+    tmp = out.parent / f".{out.name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    unet.save_pretrained(tmp, safe_serialization=True)
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    click.echo(f"{'reverted' if revert else 'applied'} {edit}; wrote {out}")
 
 
 def main() -> None:

@@ -160,7 +160,7 @@ def _from_directory(path: Path, allow_pickle: bool, torch_dtype) -> Any:
     kwargs = {"torch_dtype": torch_dtype} if torch_dtype is not None else {}
     if "safety_checker" in index:
         kwargs.update(safety_checker=None, requires_safety_checker=False)
-    return cls.from_pretrained(path, use_safetensors=not allow_pickle, local_files_only=True, **kwargs)
+    return cls.from_pretrained(path, use_safetensors=None if allow_pickle else True, local_files_only=True, **kwargs)
 
 
 def _from_single_file(path: Path, allow_pickle: bool, torch_dtype, config: str | Path | None) -> Any:
@@ -199,7 +199,7 @@ def _from_hub(model_id: str, allow_pickle: bool, torch_dtype) -> Any:
     kwargs = {"torch_dtype": torch_dtype} if torch_dtype is not None else {}
     try:
         pipeline = diffusers.DiffusionPipeline.from_pretrained(
-            model_id, use_safetensors=not allow_pickle, safety_checker=None, **kwargs)
+            model_id, use_safetensors=None if allow_pickle else True, safety_checker=None, **kwargs)
     except Exception as e:
         if type(e).__name__ in ("RepositoryNotFoundError", "GatedRepoError"):
             raise ModelNotFoundError(

@@ -1,0 +1,65 @@
+"""Text conditioning for the UNet, for SD 1.x/2.x (hidden states) and SDXL (hidden states
+plus pooled text embeddings and size/crop time ids), encoded once with the frozen text encoders."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .loading import BaseModel
+
+
+@dataclass
+class Conditioning:
+    """UNet conditioning for N prompts."""
+
+    hidden: torch.Tensor  # (N, L, D) encoder_hidden_states
+    added: dict[str, torch.Tensor] | None = None  # SDXL: text_embeds (N, P), time_ids (N, 6)
+
+    def __len__(self) -> int:
+        return self.hidden.shape[0]
+
+    def index(self, idx: torch.Tensor | list[int]) -> "Conditioning":
+        added = {k: v[idx] for k, v in self.added.items()} if self.added else None
+        return Conditioning(self.hidden[idx], added)
+
+    @staticmethod
+    def cat(parts: list["Conditioning"]) -> "Conditioning":
+        hidden = torch.cat([p.hidden for p in parts])
+        added = None
+        if parts[0].added:
+            added = {k: torch.cat([p.added[k] for p in parts]) for k in parts[0].added}
+        return Conditioning(hidden, added)
+
+    def to(self, device=None, dtype=None) -> "Conditioning":
+        added = {k: v.to(device=device, dtype=dtype if v.is_floating_point() else None)
+                 for k, v in self.added.items()} if self.added else None
+        return Conditioning(self.hidden.to(device=device, dtype=dtype), added)
+
+    def kwargs(self) -> dict:
+        out = {"encoder_hidden_states": self.hidden}
+        if self.added:
+            out["added_cond_kwargs"] = self.added
+        return out
+
+
+@torch.no_grad()
+def encode_prompts(base: BaseModel, prompts: list[str], device: torch.device | str = "cpu",
+                   resolution: int | None = None) -> Conditioning:
+    """Encode prompts with the base model's frozen text encoder(s). The empty prompt "" gives
+    the unconditional embedding used for classifier-free guidance."""
+    pipe = base.pipeline
+    for encoder in (getattr(pipe, "text_encoder", None), getattr(pipe, "text_encoder_2", None)):
+        if encoder is not None:
+            encoder.to(device)
+    if base.uses_added_conditioning:
+        hidden, _, pooled, _ = pipe.encode_prompt(
+            prompts, device=device, num_images_per_prompt=1, do_classifier_free_guidance=False)
+        size = resolution or pipe.unet.config.sample_size * pipe.vae_scale_factor
+        projection = pipe.text_encoder_2.config.projection_dim
+        time_ids = pipe._get_add_time_ids((size, size), (0, 0), (size, size), dtype=hidden.dtype,
+                                          text_encoder_projection_dim=projection)
+        return Conditioning(hidden, {"text_embeds": pooled, "time_ids": time_ids.to(device).repeat(len(prompts), 1)})
+    hidden, _ = pipe.encode_prompt(prompts, device=device, num_images_per_prompt=1, do_classifier_free_guidance=False)
+    return Conditioning(hidden)

@@ -1,0 +1,78 @@
+"""EraseConfig: every setting of an ESD erase, with the paper's defaults, saved into each artifact."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from .errors import ConfigError
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+SAMPLERS = ("edited", "frozen")
+
+# Tuned against the toy world's judge (see README, "Toy defaults"): the toy UNet is small
+# and its captions are short, so it needs a larger step size and fewer steps than SD.
+TOY_DEFAULTS = dict(steps=200, lr=2e-4, ddim_steps=25)
+
+
+@dataclass
+class EraseConfig:
+    """Settings of one ESD erase. Defaults are the paper's (Gandikota et al. 2023, Sec. 4)."""
+
+    concepts: list[str]  # prompts naming what to erase, e.g. ["van gogh"]
+    method: str = "x"  # x | x-strict | u | self | all | re:REGEX over module names
+    negative_guidance: float = 1.0  # eta: target = e*(x,t) - eta * (e*(x,c,t) - e*(x,t)); paper's eta
+    steps: int = 1000  # optimisation steps
+    lr: float = 1e-5  # Adam learning rate
+    batch_size: int = 1  # trajectories per step
+    ddim_steps: int = 50  # DDIM steps of the x_t trajectory; t_enc ~ U{0..ddim_steps-1}
+    sample_guidance: float = 3.0  # classifier-free guidance while sampling x_t
+    sampler: str = "edited"  # x_t from the model being edited (paper) or "frozen" (upstream code)
+    regenerate_every: int = 1  # k: reuse one full trajectory for k steps (1 = the paper)
+    preserve: list[str] = field(default_factory=list)  # prompts held to the frozen model's predictions
+    preserve_weight: float = 1.0  # weight of the preservation loss
+    precision: str = "fp32"  # fp32 | bf16 | fp16 autocast; master weights stay fp32
+    gradient_checkpointing: bool | None = None  # None: on for CUDA, off on CPU
+    resolution: int | None = None  # image size of the trajectories; None: the model's default
+    seed: int = 0  # seeds noise, t_enc and concept choice
+    checkpoint_every: int = 100  # steps between resumable checkpoints (0: only on interrupt)
+
+    def validate(self) -> "EraseConfig":
+        if isinstance(self.concepts, str):
+            self.concepts = [self.concepts]
+        self.concepts = [c.strip() for c in self.concepts]
+        if not self.concepts or any(not c for c in self.concepts):
+            raise ConfigError("concept must be a non-empty prompt, e.g. --concept \"van gogh\"")
+        self.preserve = [p.strip() for p in self.preserve]
+        if any(not p for p in self.preserve):
+            raise ConfigError("preserve prompts must be non-empty")
+        overlap = set(self.concepts) & set(self.preserve)
+        if overlap:
+            raise ConfigError(f"'{sorted(overlap)[0]}' is both erased and preserved: drop it from one list")
+        if not self.negative_guidance > 0:
+            raise ConfigError(f"negative guidance (eta) must be > 0, got {self.negative_guidance}: the paper uses 1.0")
+        for name in ("steps", "batch_size", "ddim_steps", "regenerate_every"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name.replace('_', ' ')} must be positive, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise ConfigError(f"learning rate must be > 0, got {self.lr}")
+        if self.checkpoint_every < 0:
+            raise ConfigError(f"checkpoint interval must be >= 0, got {self.checkpoint_every}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got '{self.precision}'")
+        if self.sampler not in SAMPLERS:
+            raise ConfigError(f"sampler must be one of {', '.join(SAMPLERS)}, got '{self.sampler}'")
+        if self.sample_guidance < 0 or self.preserve_weight < 0:
+            raise ConfigError("sample guidance and preserve weight must be >= 0")
+        return self
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "EraseConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown erase setting(s): {', '.join(unknown)}")
+        return cls(**data)

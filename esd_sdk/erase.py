@@ -1,0 +1,333 @@
+"""The ESD erase engine: fine-tune a UNet so that it no longer produces a concept.
+
+For a concept prompt c, each step (Gandikota et al. 2023, Eq. 4-5):
+  1. t_enc ~ U{0..ddim_steps-1}; x_t is the latent after t_enc DDIM steps with classifier-free
+     guidance from pure noise, conditioned on c, using the model being edited (the paper;
+     upstream's code samples with the frozen model: sampler="frozen").
+  2. t is the DDIM timestep x_t has reached (the noise level it is actually at).
+  3. target = e*(x_t, t) - eta * (e*(x_t, c, t) - e*(x_t, t)) from the frozen model.
+  4. loss = MSE(e(x_t, c, t), target), Adam on the selected tensors only.
+The guided combination has coefficients that sum to one, so it is the same whether the model
+predicts epsilon or v (v is affine in epsilon at fixed x_t): v-prediction models (SD 2.x) use
+their raw outputs directly.
+
+Where the time goes: step 1 is ~ddim_steps/2 guided UNet calls, so it runs batched (cond and
+uncond in one call), without autograd, in the low precision. The frozen model is the same
+module with the original values of the trained tensors swapped in (torch.func.functional_call),
+so no second UNet is held; only the trained tensors get gradients.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch.func import functional_call
+from torch.nn import functional as F
+
+from .conditioning import Conditioning, encode_prompts
+from .config import TOY_DEFAULTS, EraseConfig
+from .errors import ConfigError, EsdError
+from .loading import BaseModel, load_base, weights_hash
+from .selection import Selection, select_parameters
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_DIR = "checkpoint"
+
+
+class NonFiniteLossError(EsdError, FloatingPointError):
+    """The loss became NaN or infinite."""
+
+
+class EraseInterrupted(EsdError, KeyboardInterrupt):
+    """The user interrupted an erase; a checkpoint was saved."""
+
+
+@dataclass
+class EraseState:
+    """What a finished (or interrupted) training run leaves in memory."""
+
+    unet: torch.nn.Module  # the edited UNet, fp32
+    selection: Selection
+    original: dict[str, torch.Tensor]  # name -> original value of each trained tensor (fp32, CPU)
+    base_hash: str
+    losses: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+    step: int = 0
+
+
+def resolve_config(config: EraseConfig, base: BaseModel, explicit: set[str] = frozenset()) -> EraseConfig:
+    """Apply model-specific defaults (the toy world's) to settings the caller did not set."""
+    if base.family == "toy":
+        for key, value in TOY_DEFAULTS.items():
+            if key not in explicit:
+                setattr(config, key, value)
+    return config.validate()
+
+
+def _autocast(device: torch.device, precision: str):
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+class _Trainer:
+    """Holds the pieces of one erase run; `run` is the training loop."""
+
+    def __init__(self, base: BaseModel, config: EraseConfig, device: torch.device, checkpoint_dir: Path | None):
+        self.base, self.config, self.device = base, config, device
+        self.checkpoint_dir = checkpoint_dir
+        self.unet = base.unet.to(device)
+        if self.unet.dtype != torch.float32:
+            self.unet.to(dtype=torch.float32)  # fp32 master weights; autocast does the low precision
+        self.unet.requires_grad_(False)
+        self.unet.eval()  # no dropout in SD UNets, but be explicit: predictions must be deterministic
+        self.base_hash = weights_hash(self.unet)
+        self.selection = select_parameters(self.unet, config.method)
+        params = dict(self.unet.named_parameters())
+        self.trained = {name: params[name] for name in self.selection.tensors}
+        for p in self.trained.values():
+            p.requires_grad_(True)
+        self.original = {name: p.detach().to("cpu", copy=True) for name, p in self.trained.items()}
+        # Frozen values for the frozen forward passes. Under autocast every selected layer
+        # (Linear/Conv2d) computes in the low precision anyway, so keep them in it: half the memory.
+        low = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.precision)
+        only_layers = config.method in ("x", "x-strict", "u", "self", "all")
+        frozen_dtype = low if (low is not None and only_layers) else torch.float32
+        self.frozen = {n: v.to(device=device, dtype=frozen_dtype) for n, v in self.original.items()}
+        use_ckpt = config.gradient_checkpointing if config.gradient_checkpointing is not None else device.type == "cuda"
+        if use_ckpt:
+            self.unet.enable_gradient_checkpointing()
+        self.optimizer = torch.optim.Adam(self.trained.values(), lr=config.lr)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=config.precision == "fp16")
+        self.generator = torch.Generator("cpu").manual_seed(config.seed)
+        # Scheduler for the x_t trajectories: DDIM over the model's own training schedule.
+        from diffusers import DDIMScheduler
+
+        self.scheduler = DDIMScheduler.from_config(base.pipeline.scheduler.config)
+        self.scheduler.set_timesteps(config.ddim_steps, device=device)
+        # Conditioning, encoded once: [uncond, concepts..., preserve...]
+        prompts = [""] + config.concepts + config.preserve
+        cond = encode_prompts(base, prompts, device, config.resolution).to(device, torch.float32)
+        self.uncond, self.concepts = cond.index([0]), cond.index(list(range(1, 1 + len(config.concepts))))
+        self.preserve = cond.index(list(range(1 + len(config.concepts), len(prompts)))) if config.preserve else None
+        size = config.resolution or base.unet.config.sample_size * base.pipeline.vae_scale_factor
+        scale = base.pipeline.vae_scale_factor
+        if size % scale:
+            raise ConfigError(f"resolution {size} is not a multiple of the VAE's factor {scale}")
+        self.latent_shape = (config.batch_size, self.unet.config.in_channels, size // scale, size // scale)
+        self.trajectory: torch.Tensor | None = None  # (ddim_steps, B, C, h, w) when regenerate_every > 1
+        self.losses: list[float] = []
+        self.step = 0
+
+    # -- model calls ----------------------------------------------------------------------
+
+    def _predict(self, x: torch.Tensor, t: torch.Tensor, cond: Conditioning, frozen: bool) -> torch.Tensor:
+        kwargs = cond.kwargs()
+        if frozen:
+            return functional_call(self.unet, self.frozen, (x, t), kwargs).sample
+        return self.unet(x, t, **kwargs).sample
+
+    @torch.no_grad()
+    def _sample(self, concept: Conditioning, n_steps: int, keep_all: bool = False):
+        """Run n_steps guided DDIM steps from fresh noise; returns x (or every intermediate x)."""
+        c = self.config
+        x = torch.randn(self.latent_shape, generator=self.generator).to(self.device) * self.scheduler.init_noise_sigma
+        b = x.shape[0]
+        cond = Conditioning.cat([self.uncond.index([0] * b), concept.index([0] * b)])
+        frozen = c.sampler == "frozen"
+        states = []
+        for t in self.scheduler.timesteps[:n_steps]:
+            if keep_all:
+                states.append(x)
+            with _autocast(self.device, c.precision):
+                eps = self._predict(torch.cat([x, x]), t, cond, frozen).float()  # (2B, C, h, w)
+            e_u, e_c = eps.chunk(2)
+            x = self.scheduler.step(e_u + c.sample_guidance * (e_c - e_u), t, x).prev_sample
+        return torch.stack(states) if keep_all else x
+
+    # -- one optimisation step --------------------------------------------------------------
+
+    def train_step(self) -> float:
+        c = self.config
+        g = self.generator
+        # 1. the concept of this step and x_t at a random point of the trajectory
+        k = int(torch.randint(len(self.concepts), (1,), generator=g))
+        concept = self.concepts.index([k])
+        t_enc = int(torch.randint(c.ddim_steps, (1,), generator=g))
+        if c.regenerate_every == 1:
+            x = self._sample(concept, t_enc)
+        else:
+            if self.trajectory is None or self.step % c.regenerate_every == 0:
+                self.trajectory = self._sample(concept, c.ddim_steps, keep_all=True)
+            x = self.trajectory[t_enc]
+        t = self.scheduler.timesteps[t_enc]
+        b = x.shape[0]
+        n_keep = len(self.preserve) if self.preserve is not None else 0
+
+        # 2. frozen predictions: unconditional, concept, and each preserved prompt, in one batch
+        parts = [self.uncond.index([0] * b), concept.index([0] * b)]
+        if n_keep:
+            parts += [self.preserve.index([i] * b) for i in range(n_keep)]
+        with torch.no_grad(), _autocast(self.device, c.precision):
+            frozen = self._predict(x.repeat(2 + n_keep, 1, 1, 1), t, Conditioning.cat(parts), frozen=True).float()
+        e_0, e_c = frozen[:b], frozen[b:2 * b]
+        target = e_0 - c.negative_guidance * (e_c - e_0)
+
+        # 3. the edited model's predictions for the concept (and preserved prompts), with autograd
+        with _autocast(self.device, c.precision):
+            pred = self._predict(x.repeat(1 + n_keep, 1, 1, 1), t, Conditioning.cat(parts[1:]), frozen=False).float()
+        loss = F.mse_loss(pred[:b], target)
+        if n_keep:
+            loss = loss + c.preserve_weight * F.mse_loss(pred[b:], frozen[2 * b:])
+
+        # 4. update
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(
+                f"loss became {loss.item()} at step {self.step + 1}; the last good checkpoint is kept"
+                f"{' in ' + str(self.checkpoint_dir) if self.checkpoint_dir else ''}: lower --lr or use --precision fp32")
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.step += 1
+        self.losses.append(loss.item())
+        return self.losses[-1]
+
+    # -- checkpoints ---------------------------------------------------------------------------
+
+    def save_checkpoint(self) -> None:
+        """Everything needed to continue exactly: trained tensors, Adam moments, RNG, trajectory."""
+        if self.checkpoint_dir is None:
+            return
+        tmp = self.checkpoint_dir.with_name(self.checkpoint_dir.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        tensors = {f"param/{n}": p.detach().cpu().contiguous() for n, p in self.trained.items()}
+        steps = {}
+        for n, p in self.trained.items():
+            state = self.optimizer.state.get(p)
+            if state:
+                tensors[f"exp_avg/{n}"] = state["exp_avg"].cpu().contiguous()
+                tensors[f"exp_avg_sq/{n}"] = state["exp_avg_sq"].cpu().contiguous()
+                steps[n] = float(state["step"])
+        tensors["rng/generator"] = self.generator.get_state()
+        if self.trajectory is not None:
+            tensors["rng/trajectory"] = self.trajectory.cpu().contiguous()
+        save_file(tensors, str(tmp / "state.safetensors"))
+        (tmp / "state.json").write_text(json.dumps({
+            "step": self.step, "config": self.config.to_dict(), "base_hash": self.base_hash,
+            "adam_steps": steps, "scaler": self.scaler.state_dict(), "losses": self.losses,
+        }) + "\n")
+        old = self.checkpoint_dir.with_name(self.checkpoint_dir.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        if self.checkpoint_dir.exists():
+            self.checkpoint_dir.rename(old)
+        tmp.rename(self.checkpoint_dir)
+        shutil.rmtree(old, ignore_errors=True)
+
+    def load_checkpoint(self) -> None:
+        meta = json.loads((self.checkpoint_dir / "state.json").read_text())
+        if meta["base_hash"] != self.base_hash:
+            raise ConfigError(f"checkpoint in {self.checkpoint_dir} was made from another base model: "
+                              "resume with the same --model, or start again with --overwrite")
+        saved = EraseConfig.from_dict(meta["config"]).to_dict()
+        ours = self.config.to_dict()
+        changed = [k for k in saved if k not in ("steps", "checkpoint_every") and saved[k] != ours[k]]
+        if changed:
+            raise ConfigError(f"cannot resume: {', '.join(changed)} differ from the checkpoint's; "
+                              "use the same settings or start again with --overwrite")
+        tensors = load_file(str(self.checkpoint_dir / "state.safetensors"))
+        with torch.no_grad():
+            for n, p in self.trained.items():
+                p.copy_(tensors[f"param/{n}"])
+                if n in meta["adam_steps"]:
+                    self.optimizer.state[p] = {
+                        "step": torch.tensor(meta["adam_steps"][n]),
+                        "exp_avg": tensors[f"exp_avg/{n}"].to(self.device),
+                        "exp_avg_sq": tensors[f"exp_avg_sq/{n}"].to(self.device),
+                    }
+        self.generator.set_state(tensors["rng/generator"])
+        if "rng/trajectory" in tensors:
+            self.trajectory = tensors["rng/trajectory"].to(self.device)
+        self.scaler.load_state_dict(meta["scaler"])
+        self.step, self.losses = meta["step"], meta["losses"]
+        logger.info("resumed from step %d", self.step)
+
+
+def train(base: BaseModel, config: EraseConfig, device: str | torch.device | None = None,
+          checkpoint_dir: Path | None = None, resume: bool = False, progress: bool = True) -> EraseState:
+    """Run the ESD optimisation on ``base.unet`` in place and return the edited state.
+
+    With ``checkpoint_dir``, a resumable checkpoint is written every ``config.checkpoint_every``
+    steps and on Ctrl-C; ``resume=True`` continues from it exactly.
+    """
+    from tqdm.auto import tqdm
+
+    config.validate()
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    trainer = _Trainer(base, config, device, checkpoint_dir)
+    if resume:
+        if checkpoint_dir is None or not (checkpoint_dir / "state.json").is_file():
+            raise ConfigError(f"nothing to resume: no checkpoint in {checkpoint_dir}; run without --resume")
+        trainer.load_checkpoint()
+    logger.info("training %s", trainer.selection.summary())
+    t0 = time.perf_counter()
+    bar = tqdm(total=config.steps, initial=trainer.step, desc=f"ESD-{config.method} {config.concepts[0]!r}",
+               disable=not progress, unit="step")
+    try:
+        while trainer.step < config.steps:
+            loss = trainer.train_step()
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.4g}")
+            if config.checkpoint_every and trainer.step % config.checkpoint_every == 0 and trainer.step < config.steps:
+                trainer.save_checkpoint()
+    except KeyboardInterrupt as e:
+        trainer.save_checkpoint()
+        where = f"checkpoint saved to {checkpoint_dir}; continue with --resume" if checkpoint_dir else "no checkpoint directory"
+        raise EraseInterrupted(f"interrupted at step {trainer.step}/{config.steps}: {where}") from e
+    finally:
+        bar.close()
+    for p in trainer.trained.values():
+        p.requires_grad_(False)
+    if hasattr(trainer.unet, "disable_gradient_checkpointing"):
+        trainer.unet.disable_gradient_checkpointing()
+    return EraseState(unet=trainer.unet, selection=trainer.selection, original=trainer.original,
+                      base_hash=trainer.base_hash, losses=trainer.losses,
+                      seconds=time.perf_counter() - t0, step=trainer.step)
+
+
+def erase(config: EraseConfig, model: str | Path | BaseModel, output_dir: str | Path | None = None, *,
+          overwrite: bool = False, resume: bool = False, device: str | None = None, progress: bool = True,
+          explicit: set[str] | None = None):
+    """Erase ``config.concepts`` from ``model`` and, with ``output_dir``, fold the result into an
+    artifact directory (see `esd_sdk.fold`). Returns an `EraseResult`.
+
+    ``explicit`` names the settings the caller chose; the others may take model-specific
+    defaults (the toy world's). Pass ``None`` to take ``config`` exactly as given.
+    """
+    from .fold import EraseResult, partial_dir, prepare_output, write_artifact
+
+    out = Path(output_dir) if output_dir is not None else None
+    if out is not None:
+        prepare_output(out, overwrite=overwrite, resume=resume)  # fail before any expensive work
+    base = model if isinstance(model, BaseModel) else load_base(model)
+    if explicit is not None:
+        config = resolve_config(config, base, explicit)
+    config.validate()
+    ckpt = partial_dir(out) / CHECKPOINT_DIR if out is not None else None
+    state = train(base, config, device=device, checkpoint_dir=ckpt, resume=resume, progress=progress)
+    if out is None:
+        return EraseResult(output_dir=None, state=state, config=config, manifest=None)
+    manifest = write_artifact(out, base, config, state, overwrite=overwrite)
+    return EraseResult(output_dir=out, state=state, config=config, manifest=manifest)
