@@ -58,6 +58,9 @@ class EraseConfig:
             raise ConfigError(f"learning rate must be > 0, got {self.lr}")
         if self.checkpoint_every < 0:
             raise ConfigError(f"checkpoint interval must be >= 0, got {self.checkpoint_every}")
+        from .selection import check_method
+
+        check_method(self.method)
         if self.precision not in PRECISIONS:
             raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got '{self.precision}'")
         if self.sampler not in SAMPLERS:

@@ -226,7 +226,17 @@ def load_base(model: str | Path = DEFAULT_MODEL, *, allow_pickle: bool = False, 
         config (`str` or `Path`, *optional*): a local diffusers model whose configs a single-file
             checkpoint should use (needed offline).
     """
-    source = str(model)
+    from diffusers.utils import logging as diffusers_logging
+
+    # The per-component loading bar is noise next to our own progress bars and one-line errors.
+    diffusers_logging.disable_progress_bar()
+    try:
+        return _load(str(model), allow_pickle, torch_dtype, config)
+    finally:
+        diffusers_logging.enable_progress_bar()
+
+
+def _load(source: str, allow_pickle: bool, torch_dtype, config) -> BaseModel:
     if source == TOY:
         path = toy_model_path()
         if not (path / "model_index.json").is_file():

@@ -62,10 +62,16 @@ def _matcher(method: str):
     return lambda name: pattern.search(name) is not None
 
 
+def check_method(method: str) -> None:
+    """Raise ConfigError for a method that is unknown or an invalid regex (before any model loads)."""
+    if not method or not method.strip():
+        raise ConfigError(f"method must be one of {', '.join(METHODS)} or re:REGEX, got an empty string")
+    _matcher(method)
+
+
 def select_parameters(unet: nn.Module, method: str) -> Selection:
     """Select the tensors that ``method`` trains. Raises ConfigError if it selects nothing."""
-    if not method or not method.strip():
-        raise ConfigError(f"method must be one of {', '.join(METHODS)} or a regex, got an empty string")
+    check_method(method)
     match = _matcher(method)
     is_regex = method not in METHODS
     modules, tensors, count = [], [], 0

@@ -1,0 +1,35 @@
+# Two commands do all the set-up on a fresh machine:
+#   make demo   erase a concept from the bundled toy model and show before/after grids
+#   make test   run the test suite
+# Both create (or reuse) the virtual environment in $(VENV) first.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.esd-sdk-installed
+DEMO := runs/demo
+
+.PHONY: install demo test clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# torch first and pinned: an unpinned torch can pull a multi-GB CUDA build.
+	$(BIN)/python -m pip install -q -c constraints.txt torch==2.13.0
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[onnx,dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	mkdir -p $(DEMO)
+	$(BIN)/esd-sdk generate --model toy --prompt "a red circle" --prompt "a blue square" --prompt "a striped triangle" -n 8 --out $(DEMO)/base.png
+	$(BIN)/esd-sdk erase --model toy --concept circle --method u --out $(DEMO)/erased-circle --overwrite
+	$(BIN)/esd-sdk generate --model toy --unet $(DEMO)/erased-circle/unet --prompt "a red circle" --prompt "a blue square" --prompt "a striped triangle" -n 8 --out $(DEMO)/erased-circle.png
+	@echo "demo outputs in $(DEMO)/: base.png, erased-circle.png, erased-circle/ (unet/, esd_delta.safetensors, esd.json, README.md)"
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf $(VENV) runs build *.egg-info

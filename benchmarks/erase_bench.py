@@ -1,0 +1,167 @@
+"""ESD erase engine vs a plain faithful implementation: step time and peak memory.
+
+    python benchmarks/erase_bench.py                       # CPU, mid-size UNet (~23M params)
+    python benchmarks/erase_bench.py --mode gpu            # CUDA, SD 1.x UNet architecture, 512x512, bf16
+
+Step time: both implementations live in one process and take steps in turn (engine, reference,
+engine, ...) from the same seed, so step i of both runs the same trajectory length t_enc; the
+report gives the median of the per-step ratios and their interquartile range.
+Peak memory: each implementation runs alone in a child process (one at a time, same model),
+which reports its peak (CPU: VmHWM above the RSS before the model was loaded; GPU:
+torch.cuda.max_memory_allocated). Writes JSON and Markdown next to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+
+def _rss_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def _setup(args, model_dir: Path, impl: str):
+    from esd_sdk import load_base
+    from esd_sdk.config import EraseConfig
+    from esd_sdk.erase import _Trainer
+    from esd_sdk.reference import ReferenceESD
+
+    common = dict(concepts=["a red circle"], method=args.method, steps=10**6, lr=1e-5, ddim_steps=args.ddim_steps,
+                  resolution=args.resolution, seed=0)
+    base = load_base(model_dir)
+    if impl == "reference":
+        return ReferenceESD(base, EraseConfig(**common), device=args.device).step
+    engine_cfg = EraseConfig(**common, precision=args.precision, regenerate_every=args.regenerate_every,
+                             gradient_checkpointing=args.checkpointing, checkpoint_every=0)
+    return _Trainer(base, engine_cfg, torch.device(args.device), None).train_step
+
+
+def _sync(device: str):
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def child(args) -> None:
+    """Run one implementation alone and print its peak memory as JSON."""
+    before = _rss_kib("VmRSS")
+    step = _setup(args, Path(args.model_dir), args.child)
+    if args.device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    for _ in range(args.mem_steps):
+        step()
+    _sync(args.device)
+    out = {"seconds_per_step": (time.perf_counter() - t0) / args.mem_steps}
+    if args.device.startswith("cuda"):
+        out["peak_bytes"] = torch.cuda.max_memory_allocated()
+    else:
+        out["peak_bytes"] = (_rss_kib("VmHWM") - before) * 1024
+    print("RESULT " + json.dumps(out))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--mode", choices=["cpu", "gpu"], default="cpu")
+    p.add_argument("--method", default="x")
+    p.add_argument("--steps", type=int, default=None, help="timed steps per implementation")
+    p.add_argument("--ddim-steps", type=int, default=None)
+    p.add_argument("--regenerate-every", type=int, default=1, help="engine's k (1 = the paper)")
+    p.add_argument("--out", type=Path, default=Path("benchmarks/results/erase_bench"))
+    p.add_argument("--child", choices=["engine", "reference"], help=argparse.SUPPRESS)
+    p.add_argument("--model-dir", help=argparse.SUPPRESS)
+    p.add_argument("--device", help=argparse.SUPPRESS)
+    p.add_argument("--precision", help=argparse.SUPPRESS)
+    p.add_argument("--checkpointing", type=lambda s: s == "1", help=argparse.SUPPRESS)
+    p.add_argument("--resolution", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--mem-steps", type=int, default=3, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    gpu = args.mode == "gpu"
+    args.device = args.device or ("cuda" if gpu else "cpu")
+    args.precision = args.precision or ("bf16" if gpu else "fp32")
+    args.checkpointing = args.checkpointing if args.checkpointing is not None else gpu
+    args.resolution = args.resolution or (512 if gpu else None)
+    args.steps = args.steps or (8 if gpu else 6)
+    args.ddim_steps = args.ddim_steps or (50 if gpu else 20)
+    if args.child:
+        return child(args)
+
+    from esd_sdk.testing import build_random_sd, mid_unet_config, sd1_unet_config
+
+    tmp = Path(tempfile.mkdtemp())
+    model_dir = build_random_sd(tmp, sd1_unet_config() if gpu else mid_unet_config())
+    print(f"model: {model_dir} ({'SD 1.x architecture, random weights' if gpu else 'mid-size UNet'}), "
+          f"device {args.device}, engine precision {args.precision}, checkpointing {args.checkpointing}, "
+          f"k={args.regenerate_every}, ddim_steps {args.ddim_steps}", flush=True)
+
+    # -- memory: each implementation alone in a child process
+    memory = {}
+    for impl in ("engine", "reference"):
+        cmd = [sys.executable, __file__, "--child", impl, "--model-dir", str(model_dir), "--device", args.device,
+               "--precision", args.precision, "--checkpointing", "1" if args.checkpointing else "0",
+               "--method", args.method, "--ddim-steps", str(args.ddim_steps),
+               "--regenerate-every", str(args.regenerate_every)]
+        if args.resolution:
+            cmd += ["--resolution", str(args.resolution)]
+        res = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+        line = [ln for ln in res.stdout.splitlines() if ln.startswith("RESULT ")]
+        if not line:
+            sys.exit(f"{impl} child failed:\n{res.stderr[-3000:]}")
+        memory[impl] = json.loads(line[0][7:])
+        print(f"{impl}: peak {memory[impl]['peak_bytes'] / 2**20:.0f} MiB", flush=True)
+
+    # -- time: both in this process, interleaved, same seed -> same t_enc per step
+    engine = _setup(args, model_dir, "engine")
+    reference = _setup(args, model_dir, "reference") if not gpu or args.steps else None
+    times = {"engine": [], "reference": []}
+    for i in range(args.steps + 1):
+        for name, step in (("engine", engine), ("reference", reference)):
+            _sync(args.device)
+            t0 = time.perf_counter()
+            step()
+            _sync(args.device)
+            if i > 0:  # step 0 is warm-up
+                times[name].append(time.perf_counter() - t0)
+        print(f"step {i}: engine {times['engine'][-1] if i else 0:.3f}s reference {times['reference'][-1] if i else 0:.3f}s", flush=True)
+    ratios = sorted(r / e for e, r in zip(times["engine"], times["reference"]))
+    q = statistics.quantiles(ratios, n=4) if len(ratios) >= 2 else [ratios[0]] * 3
+    report = {
+        "mode": args.mode, "device": args.device, "method": args.method, "precision": args.precision,
+        "gradient_checkpointing": args.checkpointing, "regenerate_every": args.regenerate_every,
+        "ddim_steps": args.ddim_steps, "timed_steps": args.steps,
+        "unet_params": sum(p.numel() for p in __import__("diffusers").UNet2DConditionModel.from_pretrained(model_dir / "unet").parameters()),
+        "engine_s_per_step": statistics.median(times["engine"]),
+        "reference_s_per_step": statistics.median(times["reference"]),
+        "speedup_median": statistics.median(ratios), "speedup_iqr": [q[0], q[2]],
+        "engine_peak_mib": memory["engine"]["peak_bytes"] / 2**20,
+        "reference_peak_mib": memory["reference"]["peak_bytes"] / 2**20,
+        "peak_memory_ratio": memory["engine"]["peak_bytes"] / memory["reference"]["peak_bytes"],
+        "engine_steps_per_s": 1 / statistics.median(times["engine"]),
+        "torch": torch.__version__,
+        "gpu": torch.cuda.get_device_name() if gpu else None,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    Path(f"{args.out}.json").write_text(json.dumps(report, indent=2) + "\n")
+    md = (f"| | engine | reference | ratio |\n|---|---|---|---|\n"
+          f"| s/step (median) | {report['engine_s_per_step']:.3f} | {report['reference_s_per_step']:.3f} | "
+          f"{report['speedup_median']:.2f}x faster (IQR {q[0]:.2f}-{q[2]:.2f}) |\n"
+          f"| peak memory (MiB) | {report['engine_peak_mib']:.0f} | {report['reference_peak_mib']:.0f} | "
+          f"{report['peak_memory_ratio']:.2f}x |\n")
+    Path(f"{args.out}.md").write_text(md)
+    print(md)
+
+
+if __name__ == "__main__":
+    main()
