@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -44,6 +45,11 @@ def cli(verbose: int) -> None:
     Start with the bundled offline toy model: esd-sdk generate --model toy --prompt "a red circle" --out grid.png
     """
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    if verbose == 0:
+        # diffusers/transformers warn at import time about things users cannot act on
+        # (e.g. optimum and optimum-onnx sharing a namespace); -v shows them.
+        os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
 
 

@@ -37,3 +37,22 @@ def prompt_rates(judge: Judge, images: np.ndarray, prompt: str) -> dict[str, flo
     if style is not None:
         rates["style"] = float(np.mean([s == style for s in verdict.style]))
     return rates
+
+
+def object_rates(base, prompts_by_key: dict[str, list[str]], n: int = 8, seed: int = 0, unet=None,
+                 config=None, attribute: str = "object") -> dict[str, float]:
+    """For each key, the fraction of images (over all its prompts, ``n`` each) in which the
+    judge sees the attribute the prompt names. Same seeds for every model: base and edited
+    rates differ by the edit, not by sampling noise."""
+    from ..generate import generate
+
+    judge = load_judge()
+    keys, prompts = [], []
+    for key, group in prompts_by_key.items():
+        keys += [key] * len(group)
+        prompts += group
+    images = generate(base, prompts, n=n, seed=seed, unet=unet, config=config)
+    out: dict[str, list[float]] = {}
+    for i, (key, prompt) in enumerate(zip(keys, prompts)):
+        out.setdefault(key, []).append(prompt_rates(judge, images[i * n:(i + 1) * n], prompt)[attribute])
+    return {k: float(np.mean(v)) for k, v in out.items()}

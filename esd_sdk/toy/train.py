@@ -322,6 +322,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--unet-steps", type=int, default=7000)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=5e-4)
+    parser.add_argument("--n-images", type=int, default=20000, help="renders the UNet trains on")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
@@ -335,7 +336,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.stage in ("all", "judge"):
         train_judge(args.out, args.judge_steps, args.seed)
     if args.stage in ("all", "unet"):
-        train_unet(args.out, args.unet_steps, args.seed, batch_size=args.batch_size, lr=args.lr)
+        train_unet(args.out, args.unet_steps, args.seed, batch_size=args.batch_size, lr=args.lr,
+                   n_images=args.n_images)
 
 
 if __name__ == "__main__":
