@@ -1,0 +1,51 @@
+"""ESD on the toy world, at the toy defaults, measured with the judge (the issue's bar)."""
+
+import pytest
+
+from esd_sdk import load_base
+from esd_sdk.config import EraseConfig
+from esd_sdk.erase import resolve_config, train
+from esd_sdk.toy import object_rates
+from esd_sdk.toy.world import COLOUR_NAMES, OBJECTS
+
+N = 6  # images per prompt; every rate below is over 24 images per key
+
+
+@pytest.fixture(scope="module")
+def base():
+    return load_base("toy")
+
+
+def _erase(base, concept, method):
+    config = resolve_config(EraseConfig(concepts=[concept], method=method), base)
+    return train(base, config, progress=False).unet
+
+
+def test_esd_u_erases_an_object_and_keeps_the_others(base):
+    prompts = {o: [f"a {c} {o}" for c in COLOUR_NAMES] for o in OBJECTS}
+    before = object_rates(base, prompts, n=N)
+    unet = _erase(load_base("toy"), "circle", "u")
+    after = object_rates(base, prompts, n=N, unet=unet)
+    assert before["circle"] >= 0.9, before
+    assert after["circle"] <= 0.10, after
+    for other in ("square", "triangle", "cross"):
+        assert abs(after[other] - before[other]) <= 0.05 + 1e-9, (other, before, after)
+    # the synonym is erased with it: ESD erases the concept, not the word
+    disk = object_rates(base, {"disk": [f"a {c} disk" for c in COLOUR_NAMES]}, n=N, unet=unet)
+    assert disk["disk"] <= 0.25, disk
+
+
+def test_esd_x_erases_a_style_and_keeps_the_other(base):
+    prompts = {s: [f"a {s} {c} {o}" for o in OBJECTS for c in COLOUR_NAMES[:2]] for s in ("striped", "dotted")}
+    before = object_rates(base, prompts, n=3, attribute="style")
+    unet = _erase(load_base("toy"), "striped", "x")
+    after = object_rates(base, prompts, n=3, attribute="style", unet=unet)
+    assert before["striped"] >= 0.9, before
+    assert after["striped"] <= 0.10, after
+    assert abs(after["dotted"] - before["dotted"]) <= 0.05 + 1e-9, (before, after)
+
+
+def test_unedited_model_is_not_reported_as_erased(base):
+    """The measurement can fail: the base model's own rate for circle is high."""
+    prompts = {"circle": [f"a {c} circle" for c in COLOUR_NAMES]}
+    assert object_rates(base, prompts, n=N)["circle"] >= 0.9
