@@ -251,5 +251,77 @@ def apply_delta(edit, model, unet_dir, out, revert, no_check, overwrite):
     click.echo(f"{'reverted' if revert else 'applied'} {edit}; wrote {out}")
 
 
+def _latest_erase_output() -> Path:
+    """The most recently written erase output directory under the current directory."""
+    candidates = [p.parent for p in Path(".").glob("*/esd.json")] + [p.parent for p in Path(".").glob("*/*/esd.json")]
+    if not candidates:
+        raise click.UsageError("no INPUT given and no erase output (a directory with esd.json) here: "
+                               "pass the directory esd-sdk erase wrote")
+    return max(candidates, key=lambda p: (p / "esd.json").stat().st_mtime)
+
+
+EPILOG_EXPORT = """\b
+Examples:
+  esd-sdk export erased-circle --format onnx              # -> erased-circle-onnx/
+  esd-sdk export --format tensorrt                        # newest erase output here -> <it>-tensorrt/
+  esd-sdk export erased-circle --format triton --precision fp16
+"""
+
+
+@cli.command(epilog=EPILOG_EXPORT)
+@click.argument("source", required=False, type=click.Path(path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(["onnx", "tensorrt", "triton"]), default="onnx", show_default=True)
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Output directory [default: SOURCE-FORMAT].")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), help="ONNX: fp32 [default] or fp16; TensorRT: fp16 [default], bf16 or fp32.")
+@click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset (>= 17).")
+@click.option("--dynamic", is_flag=True, help="TensorRT: dynamic batch 1-8 and latent 32-128 instead of a static profile.")
+@click.option("--max-batch-size", type=int, default=8, show_default=True, help="Triton: max batch size.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output.")
+@_errors_to_exit
+def export(source, fmt, out, precision, opset, dynamic, max_batch_size, overwrite):
+    """Export an edited UNet (an erase output, a UNet or a pipeline directory) to ONNX,
+    a TensorRT engine or a Triton model repository.
+
+    Without SOURCE, the newest erase output in the current directory is used (and named).
+    Every ONNX export passes a parity check against PyTorch or is not written.
+    """
+    from .errors import ConfigError, OutputExistsError
+
+    if source is None:
+        source = _latest_erase_output()
+        click.echo(f"exporting {source} (newest erase output here)")
+    out = out or source.parent / f"{source.name}-{fmt}"
+    if out.exists() and not overwrite:
+        raise OutputExistsError(f"output {out} already exists: pass --overwrite to replace it, or choose another --out")
+    from .export import export_onnx, write_triton_repository
+
+    if fmt == "tensorrt":
+        from .export.tensorrt import Profile, _require_tensorrt, build_engine
+
+        _require_tensorrt()  # fail in one line before the ONNX export on machines without a GPU
+        precision = precision or "fp16"
+        onnx_dir = out / "onnx"
+        result = export_onnx(source, onnx_dir, precision="fp32", opset=opset, overwrite=overwrite)
+        info = build_engine(onnx_dir, out / "unet.plan", precision=precision,
+                            profile=Profile.dynamic() if dynamic else None, overwrite=overwrite)
+        click.echo(f"built {out / 'unet.plan'} ({precision}, TensorRT {info.tensorrt}, {info.gpu}) in "
+                   f"{info.build_seconds:.1f}s; ONNX parity {result.parity.max_abs_diff:.2g}")
+        return
+    if precision == "bf16":
+        raise ConfigError("ONNX export precision must be fp32 or fp16 (bf16 is for TensorRT engines)")
+    if fmt == "onnx":
+        result = export_onnx(source, out, precision=precision or "fp32", opset=opset, overwrite=overwrite)
+        click.echo(f"wrote {result.model_path} ({result.precision}, opset {opset}) in {result.seconds:.1f}s; "
+                   f"parity max |diff| {result.parity.max_abs_diff:.2g} <= {result.parity.tolerance:g}")
+        return
+    import tempfile
+
+    with tempfile.TemporaryDirectory(dir=out.parent if out.parent.exists() else None) as tmp:
+        result = export_onnx(source, Path(tmp) / "onnx", precision=precision or "fp32", opset=opset)
+        write_triton_repository(Path(tmp) / "onnx", out, max_batch_size=max_batch_size, overwrite=overwrite)
+    click.echo(f"wrote Triton repository {out} (onnxruntime_onnx, {result.precision}, max batch {max_batch_size}); "
+               f"parity max |diff| {result.parity.max_abs_diff:.2g}")
+
+
 def main() -> None:
     cli(prog_name="esd-sdk")

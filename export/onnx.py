@@ -78,6 +78,7 @@ class OnnxExport:
     seconds: float = 0.0
     external_data: bool = False
     versions: dict = field(default_factory=dict)
+    unet_config: dict = field(default_factory=dict)
 
 
 def resolve_unet(source: str | Path):
@@ -239,13 +240,17 @@ def export_onnx(source: str | Path, output_dir: str | Path, *, precision: str = 
         if precision == "fp16":
             _convert_fp16(model_path)
         parity = check_parity(unet, model_path, precision, tolerance)
-        external = any(p.name != MODEL_NAME for p in (tmp / "unet").iterdir())
+        from .refit import REFIT_MAP_NAME, build_refit_map
+
+        (tmp / "unet" / REFIT_MAP_NAME).write_text(json.dumps(build_refit_map(model_path, unet, precision)) + "\n")
+        external = any(p.suffix != ".json" and p.name != MODEL_NAME for p in (tmp / "unet").iterdir())
         result = OnnxExport(
             directory=out, model_path=out / "unet" / MODEL_NAME, precision=precision, opset=opset,
             inputs={k: list(v.values()) for k, v in config.inputs.items()},
             outputs={k: list(v.values()) for k, v in config.outputs.items()},
             parity=parity, weights_hash=w_hash, source=str(source), source_manifest=manifest,
-            seconds=round(time.perf_counter() - t0, 2), external_data=external, versions=_versions())
+            seconds=round(time.perf_counter() - t0, 2), external_data=external, versions=_versions(),
+            unet_config={k: v for k, v in dict(unet.config).items() if isinstance(v, (int, float, str, list, tuple, type(None)))})
         (tmp / METADATA_NAME).write_text(json.dumps(_jsonable(result), indent=2) + "\n")
         if out.exists():
             shutil.rmtree(out)
