@@ -1,5 +1,5 @@
 # Two commands do all the set-up on a fresh machine:
-#   make demo   erase a concept from the bundled toy model and show before/after grids
+#   make demo   erase a concept from the bundled toy model, show before/after grids, export ONNX + Triton
 #   make test   run the test suite
 # Both create (or reuse) the virtual environment in $(VENV) first.
 
@@ -26,7 +26,10 @@ demo: $(STAMP)
 	$(BIN)/esd-sdk generate --model toy --prompt "a red circle" --prompt "a blue square" --prompt "a striped triangle" -n 8 --out $(DEMO)/base.png
 	$(BIN)/esd-sdk erase --model toy --concept circle --method u --out $(DEMO)/erased-circle --overwrite
 	$(BIN)/esd-sdk generate --model toy --unet $(DEMO)/erased-circle/unet --prompt "a red circle" --prompt "a blue square" --prompt "a striped triangle" -n 8 --out $(DEMO)/erased-circle.png
-	@echo "demo outputs in $(DEMO)/: base.png, erased-circle.png, erased-circle/ (unet/, esd_delta.safetensors, esd.json, README.md)"
+	$(BIN)/esd-sdk export $(DEMO)/erased-circle --format onnx --overwrite
+	$(BIN)/esd-sdk export $(DEMO)/erased-circle --format triton --overwrite
+	@echo "demo outputs in $(DEMO)/: base.png and erased-circle.png (grids), erased-circle/ (unet/, esd_delta.safetensors,"
+	@echo "  esd.json, README.md), erased-circle-onnx/ (parity-checked ONNX), erased-circle-triton/ (Triton repository)"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

@@ -251,6 +251,29 @@ def apply_delta(edit, model, unet_dir, out, revert, no_check, overwrite):
     click.echo(f"{'reverted' if revert else 'applied'} {edit}; wrote {out}")
 
 
+@cli.command("eval")
+@click.argument("edited", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--base", "base_model", metavar="MODEL", help="Base model [the one in EDITED/esd.json].")
+@click.option("--concept", "concepts", multiple=True, help="Erased concept to score [the manifest's].")
+@click.option("--keep", multiple=True, help="Concept that should survive [every other toy concept of the same kind].")
+@click.option("-n", "--num-images", default=8, show_default=True, type=click.IntRange(min=1), help="Images per prompt.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Report directory [EDITED/eval].")
+@click.option("--no-update", is_flag=True, help="Do not write the scores into EDITED/esd.json and README.md.")
+@_errors_to_exit
+def evaluate(edited, base_model, concepts, keep, num_images, seed, out, no_update):
+    """Score an erase: erased, paraphrased and kept concepts, base vs edited, same seeds.
+
+    Writes eval.json, eval.md and base-vs-edited grids, and records the scores in the manifest.
+    """
+    from .evaluate import evaluate as run_eval
+
+    report = run_eval(edited, base_model=base_model, concepts=list(concepts) or None, keep=list(keep) or None,
+                      n=num_images, seed=seed, output_dir=out, update=not no_update)
+    click.echo(report.markdown().rstrip())
+    click.echo(f"wrote {out or edited / 'eval'} (eval.json, eval.md, grid_*.png)")
+
+
 def _latest_erase_output() -> Path:
     """The most recently written erase output directory under the current directory."""
     candidates = [p.parent for p in Path(".").glob("*/esd.json")] + [p.parent for p in Path(".").glob("*/*/esd.json")]
