@@ -130,7 +130,8 @@ Examples:
 Methods: x (cross-attention, styles), u (all but cross-attention: objects, nudity),
 x-strict (attn2.to_k/to_v), self (self-attention), all, re:REGEX (your own selection).
 Unset options take the paper's defaults (eta 1, 1000 steps, lr 1e-5, 50 DDIM steps,
-guidance 3); on --model toy, the toy defaults (200 steps, lr 2e-4, 25 DDIM steps).
+guidance 3); on --model toy, the toy defaults (100 steps of 4 trajectories, 10 DDIM
+steps, lr 2e-4; 2e-3 for x and x-strict).
 """
 
 

@@ -34,7 +34,7 @@ from torch.func import functional_call
 from torch.nn import functional as F
 
 from .conditioning import Conditioning, encode_prompts
-from .config import TOY_DEFAULTS, EraseConfig
+from .config import EraseConfig, toy_defaults
 from .errors import ConfigError, EsdError
 from .loading import BaseModel, load_base, weights_hash
 from .selection import Selection, select_parameters
@@ -68,7 +68,7 @@ class EraseState:
 def resolve_config(config: EraseConfig, base: BaseModel, explicit: set[str] = frozenset()) -> EraseConfig:
     """Apply model-specific defaults (the toy world's) to settings the caller did not set."""
     if base.family == "toy":
-        for key, value in TOY_DEFAULTS.items():
+        for key, value in toy_defaults(config.method).items():
             if key not in explicit:
                 setattr(config, key, value)
     return config.validate()
