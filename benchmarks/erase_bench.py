@@ -1,13 +1,14 @@
 """ESD erase engine vs a plain faithful implementation: step time and peak memory.
 
-    python benchmarks/erase_bench.py                       # CPU, mid-size UNet (~23M params)
+    python benchmarks/erase_bench.py                       # CPU, mid-size UNet (~13M params), engine bf16 + checkpointing
+    python benchmarks/erase_bench.py --precision fp32 --checkpointing 0   # the engine's structure alone
     python benchmarks/erase_bench.py --mode gpu            # CUDA, SD 1.x UNet architecture, 512x512, bf16
 
 Step time: both implementations live in one process and take steps in turn (engine, reference,
 engine, ...) from the same seed, so step i of both runs the same trajectory length t_enc; the
 report gives the median of the per-step ratios and their interquartile range.
 Peak memory: each implementation runs alone in a child process (one at a time, same model),
-which reports its peak (CPU: VmHWM above the RSS before the model was loaded; GPU:
+which reports its peak (CPU: VmHWM above the RSS once the libraries are imported; GPU:
 torch.cuda.max_memory_allocated). Writes JSON and Markdown next to --out.
 """
 
@@ -56,6 +57,11 @@ def _sync(device: str):
 
 def child(args) -> None:
     """Run one implementation alone and print its peak memory as JSON."""
+    import diffusers  # noqa: F401  (imports are not the implementation's memory)
+
+    import esd_sdk.erase  # noqa: F401
+    import esd_sdk.reference  # noqa: F401
+
     before = _rss_kib("VmRSS")
     step = _setup(args, Path(args.model_dir), args.child)
     if args.device.startswith("cuda"):
@@ -83,15 +89,16 @@ def main() -> None:
     p.add_argument("--child", choices=["engine", "reference"], help=argparse.SUPPRESS)
     p.add_argument("--model-dir", help=argparse.SUPPRESS)
     p.add_argument("--device", help=argparse.SUPPRESS)
-    p.add_argument("--precision", help=argparse.SUPPRESS)
-    p.add_argument("--checkpointing", type=lambda s: s == "1", help=argparse.SUPPRESS)
+    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], help="engine autocast precision [bf16]")
+    p.add_argument("--checkpointing", type=lambda s: s == "1", help="engine gradient checkpointing, 1 or 0 [1]")
     p.add_argument("--resolution", type=int, help=argparse.SUPPRESS)
     p.add_argument("--mem-steps", type=int, default=3, help=argparse.SUPPRESS)
     args = p.parse_args()
     gpu = args.mode == "gpu"
     args.device = args.device or ("cuda" if gpu else "cpu")
-    args.precision = args.precision or ("bf16" if gpu else "fp32")
-    args.checkpointing = args.checkpointing if args.checkpointing is not None else gpu
+    # The engine's memory-lean mixed-precision configuration (this CPU has AMX bf16 units).
+    args.precision = args.precision or "bf16"
+    args.checkpointing = args.checkpointing if args.checkpointing is not None else True
     args.resolution = args.resolution or (512 if gpu else None)
     args.steps = args.steps or (8 if gpu else 6)
     args.ddim_steps = args.ddim_steps or (50 if gpu else 20)
