@@ -26,10 +26,12 @@ demo: $(STAMP)
 	$(BIN)/esd-sdk generate --model toy --prompt "a red circle" --prompt "a blue square" --prompt "a striped triangle" -n 8 --out $(DEMO)/base.png
 	$(BIN)/esd-sdk erase --model toy --concept circle --method u --out $(DEMO)/erased-circle --overwrite
 	$(BIN)/esd-sdk generate --model toy --unet $(DEMO)/erased-circle/unet --prompt "a red circle" --prompt "a blue square" --prompt "a striped triangle" -n 8 --out $(DEMO)/erased-circle.png
+	$(BIN)/esd-sdk eval $(DEMO)/erased-circle -n 4
 	$(BIN)/esd-sdk export $(DEMO)/erased-circle --format onnx --overwrite
 	$(BIN)/esd-sdk export $(DEMO)/erased-circle --format triton --overwrite
 	@echo "demo outputs in $(DEMO)/: base.png and erased-circle.png (grids), erased-circle/ (unet/, esd_delta.safetensors,"
-	@echo "  esd.json, README.md), erased-circle-onnx/ (parity-checked ONNX), erased-circle-triton/ (Triton repository)"
+	@echo "  esd.json, README.md, eval/ with base-vs-edited grids and scores), erased-circle-onnx/ (parity-checked ONNX),"
+	@echo "  erased-circle-triton/ (Triton repository)"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

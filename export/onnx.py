@@ -23,6 +23,7 @@ import logging
 import os
 import shutil
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -236,7 +237,10 @@ def export_onnx(source: str | Path, output_dir: str | Path, *, precision: str = 
     (tmp / "unet").mkdir(parents=True)
     model_path = tmp / "unet" / MODEL_NAME
     try:
-        optimum_export(unet, config, model_path, opset=opset, device="cpu", disable_dynamic_axes_fix=True)
+        with warnings.catch_warnings():
+            # The tracer's notes on shape asserts in diffusers' blocks are expected and not actionable.
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            optimum_export(unet, config, model_path, opset=opset, device="cpu", disable_dynamic_axes_fix=True)
         if precision == "fp16":
             _convert_fp16(model_path)
         parity = check_parity(unet, model_path, precision, tolerance)
