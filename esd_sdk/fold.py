@@ -8,7 +8,7 @@ An erase output directory holds (written atomically: a hidden temp directory, th
     README.md                   a model card in the Hugging Face convention
 
 The delta is exact: base + delta reproduces the edited weights bit for bit, and edited - delta
-the base. Where an fp32 difference would round, that tensor's delta is stored in fp64.
+the base (an fp32 difference plus a few sparse corrections where fp32 rounding would bite).
 """
 
 from __future__ import annotations
@@ -84,8 +84,17 @@ def prepare_output(out: Path, overwrite: bool, resume: bool = False) -> None:
                 "or --overwrite to start again")
 
 
+FIX = "::fix_"  # sparse exact corrections stored beside a tensor's fp32 delta
+
+
 def compute_delta(edited: dict[str, torch.Tensor], original: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """edited - original for every tensor that changed, exact in both directions."""
+    """edited - original (fp32) for every tensor that changed, exact in both directions.
+
+    An fp32 difference is exact when the two values are within a factor of two (Sterbenz); for
+    the few elements where base + delta != edited or edited - delta != base (values near zero),
+    their flat indices and both exact values are stored as ``name::fix_index``,
+    ``name::fix_base`` and ``name::fix_edited``.
+    """
     delta = {}
     for name, base in original.items():
         new = edited[name].detach().cpu().float()
@@ -93,24 +102,44 @@ def compute_delta(edited: dict[str, torch.Tensor], original: dict[str, torch.Ten
         if torch.equal(new, base):
             continue
         d = new - base
-        if not (torch.equal(base + d, new) and torch.equal(new - d, base)):
-            d = new.double() - base.double()  # exact for any two fp32 values close enough to matter
         delta[name] = d.contiguous()
+        bad = ((base + d) != new) | ((new - d) != base)
+        if bad.any():
+            idx = bad.flatten().nonzero().flatten()
+            delta[f"{name}{FIX}index"] = idx
+            delta[f"{name}{FIX}base"] = base.flatten()[idx].contiguous()
+            delta[f"{name}{FIX}edited"] = new.flatten()[idx].contiguous()
     return delta
 
 
-def _apply(unet: torch.nn.Module, delta: dict[str, torch.Tensor], sign: int) -> None:
+def delta_names(delta: dict[str, torch.Tensor]) -> list[str]:
+    """The parameter names a delta changes (without its correction entries)."""
+    return [n for n in delta if FIX not in n]
+
+
+def shifted(value: torch.Tensor, delta: dict[str, torch.Tensor], name: str, revert: bool = False) -> torch.Tensor:
+    """value +/- the delta of ``name``, with the exact corrections applied (value in fp32)."""
+    value = value.float()
+    out = value - delta[name] if revert else value + delta[name]
+    if f"{name}{FIX}index" in delta:
+        flat = out.flatten()
+        flat[delta[f"{name}{FIX}index"]] = delta[f"{name}{FIX}{'base' if revert else 'edited'}"]
+        out = flat.view_as(value)
+    return out
+
+
+def _apply(unet: torch.nn.Module, delta: dict[str, torch.Tensor], revert: bool) -> None:
     params = dict(unet.named_parameters())
-    missing = [n for n in delta if n not in params]
+    names = delta_names(delta)
+    missing = [n for n in names if n not in params]
     if missing:
         raise DeltaMismatchError(f"the delta changes {missing[0]}, which this UNet does not have: wrong base model")
     with torch.no_grad():
-        for name, d in delta.items():
+        for name in names:
             p = params[name]
-            if p.shape != d.shape:
-                raise DeltaMismatchError(f"{name} has shape {tuple(p.shape)} here but {tuple(d.shape)} in the delta")
-            value = (p.detach().to(d.dtype) + sign * d.to(p.device)).to(p.dtype)
-            p.copy_(value)
+            if p.shape != delta[name].shape:
+                raise DeltaMismatchError(f"{name} has shape {tuple(p.shape)} here but {tuple(delta[name].shape)} in the delta")
+            p.copy_(shifted(p.detach().cpu(), delta, name, revert).to(device=p.device, dtype=p.dtype))
 
 
 def read_delta(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -137,7 +166,7 @@ def apply_delta(unet: torch.nn.Module, delta_path: str | Path, *, revert: bool =
             raise DeltaMismatchError(
                 f"this UNet ({have[:19]}) is not the {what} model the delta expects ({meta[before][:19]}): "
                 "load the right model, or pass check=False (--no-check) to force it")
-    _apply(unet, delta, -1 if revert else 1)
+    _apply(unet, delta, revert)
     if check and meta.get(after) and weights_hash(unet) != meta[after]:
         raise DeltaMismatchError("applying the delta did not reproduce the recorded weights hash")
     return unet
@@ -209,8 +238,8 @@ def write_artifact(out: Path, base: BaseModel, config: EraseConfig, state, overw
         "config": config.to_dict(),
         "trained": {"summary": state.selection.summary(), "num_params": state.selection.num_params,
                     "tensors": state.selection.tensors},
-        "changed_tensors": len(delta),
-        "delta_fp64_tensors": sorted(n for n, d in delta.items() if d.dtype == torch.float64),
+        "changed_tensors": len(delta_names(delta)),
+        "delta_corrected_elements": sum(v.numel() for k, v in delta.items() if k.endswith(FIX + "index")),
         "training": {"steps": state.step, "seconds": round(state.seconds, 2),
                      "final_loss": state.losses[-1] if state.losses else None,
                      "loss_first_10_mean": sum(state.losses[:10]) / max(1, len(state.losses[:10])),
@@ -242,7 +271,7 @@ def write_artifact(out: Path, base: BaseModel, config: EraseConfig, state, overw
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     shutil.rmtree(partial_dir(out), ignore_errors=True)
-    logger.info("wrote %s (%d changed tensors)", out, len(delta))
+    logger.info("wrote %s (%d changed tensors)", out, len(delta_names(delta)))
     return manifest
 
 

@@ -71,7 +71,7 @@ def refit_weights(export_dir: str | Path, delta_path: str | Path) -> dict[str, n
     import onnx
     from onnx import numpy_helper
 
-    from ..fold import read_delta
+    from ..fold import delta_names, read_delta, shifted
     from .onnx import MODEL_NAME, load_export_metadata
 
     export_dir = Path(export_dir)
@@ -85,16 +85,17 @@ def refit_weights(export_dir: str | Path, delta_path: str | Path) -> dict[str, n
     initializers = {i.name: i for i in model.graph.initializer}
     dtype = np.float16 if refit_map["precision"] == "fp16" else np.float32
     out = {}
-    for name, d in delta.items():
+    for name in delta_names(delta):
         if name in refit_map["ambiguous"]:
             raise RefitError(f"{name} shares its values with another weight in the export; rebuild instead of refitting")
         entry = refit_map["params"].get(name)
         if entry is None:
             raise RefitError(f"{name} has no matching initializer in the export (folded by the exporter); rebuild instead")
-        current = numpy_helper.to_array(initializers[entry["initializer"]])
-        d = d.numpy()
-        value = current.astype(np.float64) + (d.T if entry["transpose"] else d)
-        out[entry["initializer"]] = value.astype(dtype)
+        current = torch.from_numpy(numpy_helper.to_array(initializers[entry["initializer"]]).astype(np.float32))
+        if entry["transpose"]:
+            current = current.T
+        value = shifted(current, delta, name)
+        out[entry["initializer"]] = (value.T if entry["transpose"] else value).contiguous().numpy().astype(dtype)
     return out
 
 
