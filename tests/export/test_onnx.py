@@ -108,3 +108,30 @@ def test_missing_input_and_existing_output(tiny_sd, tmp_path):
     (tmp_path / "x").mkdir()
     with pytest.raises(OutputExistsError, match="--overwrite"):
         export_onnx(tiny_sd, tmp_path / "x")
+
+
+def test_cli_export_defaults_to_the_newest_erase_output(edited, tmp_path, monkeypatch):
+    import shutil
+
+    from click.testing import CliRunner
+
+    from esd_sdk.cli import cli
+
+    shutil.copytree(edited, tmp_path / "my-edit")
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(cli, ["export", "--format", "onnx"])
+    assert result.exit_code == 0, result.output
+    assert "exporting my-edit" in result.output and (tmp_path / "my-edit-onnx" / "unet" / "model.onnx").is_file()
+    again = CliRunner().invoke(cli, ["export", "--format", "onnx"])
+    assert again.exit_code == 1 and "--overwrite" in again.output
+
+
+def test_cli_export_rejects_unknown_format_and_bf16_onnx(tiny_sd, tmp_path):
+    from click.testing import CliRunner
+
+    from esd_sdk.cli import cli
+
+    bad = CliRunner().invoke(cli, ["export", str(tiny_sd), "--format", "coreml"])
+    assert bad.exit_code == 2 and "coreml" in bad.output
+    bf16 = CliRunner().invoke(cli, ["export", str(tiny_sd), "--precision", "bf16", "--out", str(tmp_path / "o")])
+    assert bf16.exit_code == 1 and "fp32 or fp16" in bf16.output and not (tmp_path / "o").exists()
