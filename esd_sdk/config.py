@@ -10,7 +10,7 @@ from .errors import ConfigError
 PRECISIONS = ("fp32", "bf16", "fp16")
 SAMPLERS = ("edited", "frozen")
 
-# Tuned against the toy world's judge (benchmarks/toy_erasure.py; README "Toy defaults"): the
+# Tuned against the toy world's judge (benchmarks/toy_erasure.py; figures in README): the
 # toy UNet is tiny, so fewer, larger steps; 4 trajectories a step steady the noisy single-sample
 # gradient; 10 DDIM steps keep a whole erase well under a minute on 2 CPU cores. ESD-x trains
 # only the cross-attention of two small blocks and needs a 10x larger step than ESD-u.
