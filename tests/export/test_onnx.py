@@ -135,3 +135,10 @@ def test_cli_export_rejects_unknown_format_and_bf16_onnx(tiny_sd, tmp_path):
     assert bad.exit_code == 2 and "coreml" in bad.output
     bf16 = CliRunner().invoke(cli, ["export", str(tiny_sd), "--precision", "bf16", "--out", str(tmp_path / "o")])
     assert bf16.exit_code == 1 and "fp32 or fp16" in bf16.output and not (tmp_path / "o").exists()
+
+
+def test_exports_the_bundled_toy_unet(tmp_path):
+    from esd_sdk import toy_model_path
+
+    result = export_onnx(toy_model_path(), tmp_path / "toy")
+    assert result.parity.max_abs_diff <= 1e-4 and result.unet_config["cross_attention_dim"] == 64
