@@ -56,6 +56,9 @@ def cli(verbose: int) -> None:
 model_option = click.option(
     "--model", default="CompVis/stable-diffusion-v1-4", show_default=True, metavar="MODEL",
     help="'toy' (bundled, offline), a local diffusers directory, a .safetensors checkpoint, or a hub id.")
+config_option = click.option(
+    "--config", "model_config", type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="For a single-file checkpoint: a local diffusers model of the same architecture to take configs from (offline).")
 allow_pickle_option = click.option(
     "--allow-pickle", is_flag=True, help="Also load pickled weights (.bin/.ckpt). Runs code from the file: trust it first.")
 
@@ -72,8 +75,9 @@ allow_pickle_option = click.option(
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("grid.png"), show_default=True,
               help="PNG file for the labelled image grid.")
 @allow_pickle_option
+@config_option
 @_errors_to_exit
-def generate(model, prompts, num_images, seed, steps, guidance, unet_dir, out, allow_pickle):
+def generate(model, prompts, num_images, seed, steps, guidance, unet_dir, out, allow_pickle, model_config):
     """Generate images and write a labelled grid (one row per prompt)."""
     from .generate import GenerationConfig, generate as run_generate, image_grid
     from .loading import load_base
@@ -82,7 +86,7 @@ def generate(model, prompts, num_images, seed, steps, guidance, unet_dir, out, a
         raise click.UsageError(f"--out must end in .png, got '{out.name}'")
     if not out.parent.exists():
         raise click.UsageError(f"--out directory {out.parent} does not exist: create it first")
-    base = load_base(model, allow_pickle=allow_pickle)
+    base = load_base(model, allow_pickle=allow_pickle, config=model_config)
     config = GenerationConfig.for_model(base)
     if steps is not None:
         config.num_inference_steps = steps
@@ -110,12 +114,13 @@ def generate(model, prompts, num_images, seed, steps, guidance, unet_dir, out, a
 @cli.command()
 @model_option
 @allow_pickle_option
+@config_option
 @_errors_to_exit
-def info(model, allow_pickle):
+def info(model, allow_pickle, model_config):
     """Load a model and say what the loader found (family, prediction type, size)."""
     from .loading import load_base
 
-    base = load_base(model, allow_pickle=allow_pickle)
+    base = load_base(model, allow_pickle=allow_pickle, config=model_config)
     click.echo(base.describe())
 
 
@@ -168,8 +173,10 @@ def _slug(text: str) -> str:
 @click.option("--dry-run", is_flag=True, help="Print which tensors would train, then exit.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @allow_pickle_option
+@config_option
 @_errors_to_exit
-def erase(concepts, method, model, out, device, resume, overwrite, dry_run, quiet, allow_pickle, **settings):
+def erase(concepts, method, model, out, device, resume, overwrite, dry_run, quiet, allow_pickle, model_config,
+          **settings):
     """Erase a concept from a model's UNet with ESD and write the edited model.
 
     Writes OUT/unet (a standalone diffusers UNet), OUT/esd_delta.safetensors (only the
@@ -189,7 +196,7 @@ def erase(concepts, method, model, out, device, resume, overwrite, dry_run, quie
     if out is None:
         out = Path(f"esd-{_slug(concepts[0])}-{_slug(method)}")
     if dry_run:
-        base = load_base(model or DEFAULT_MODEL, allow_pickle=allow_pickle)
+        base = load_base(model or DEFAULT_MODEL, allow_pickle=allow_pickle, config=model_config)
         config = resolve_config(config, base, explicit)
         selection = select_parameters(base.unet, config.method)
         click.echo(base.describe())
@@ -201,7 +208,7 @@ def erase(concepts, method, model, out, device, resume, overwrite, dry_run, quie
     from .fold import prepare_output
 
     prepare_output(out, overwrite=overwrite, resume=resume)
-    base = load_base(model or DEFAULT_MODEL, allow_pickle=allow_pickle)
+    base = load_base(model or DEFAULT_MODEL, allow_pickle=allow_pickle, config=model_config)
     result = run_erase(config, base, out, overwrite=overwrite, resume=resume, device=device,
                        progress=not quiet, explicit=explicit)
     m = result.manifest

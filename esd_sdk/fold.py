@@ -172,9 +172,10 @@ def apply_delta(unet: torch.nn.Module, delta_path: str | Path, *, revert: bool =
     return unet
 
 
-def _versions() -> dict[str, str]:
+def package_versions(*packages: str) -> dict[str, str]:
+    """Python's and the installed packages' versions, for manifests (missing packages are skipped)."""
     out = {"python": platform.python_version()}
-    for pkg in ("esd-sdk", "torch", "diffusers", "transformers", "safetensors"):
+    for pkg in packages:
         try:
             out[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:
@@ -245,7 +246,7 @@ def write_artifact(out: Path, base: BaseModel, config: EraseConfig, state, overw
                      "loss_first_10_mean": sum(state.losses[:10]) / max(1, len(state.losses[:10])),
                      "loss_last_10_mean": sum(state.losses[-10:]) / max(1, len(state.losses[-10:]))},
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "versions": _versions(),
+        "versions": package_versions("esd-sdk", "torch", "diffusers", "transformers", "safetensors"),
         "scores": {},
     }
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, EsdError, ModelNotFoundError, OutputExistsError, require
+from ..fold import package_versions
 from ..loading import weights_hash
 
 logger = logging.getLogger(__name__)
@@ -253,7 +254,9 @@ def export_onnx(source: str | Path, output_dir: str | Path, *, precision: str = 
             inputs={k: list(v.values()) for k, v in config.inputs.items()},
             outputs={k: list(v.values()) for k, v in config.outputs.items()},
             parity=parity, weights_hash=w_hash, source=str(source), source_manifest=manifest,
-            seconds=round(time.perf_counter() - t0, 2), external_data=external, versions=_versions(),
+            seconds=round(time.perf_counter() - t0, 2), external_data=external,
+            versions=package_versions("esd-sdk", "torch", "diffusers", "optimum-onnx", "onnx", "onnxruntime",
+                                      "onnxruntime-gpu"),
             unet_config={k: v for k, v in dict(unet.config).items() if isinstance(v, (int, float, str, list, tuple, type(None)))})
         (tmp / METADATA_NAME).write_text(json.dumps(_jsonable(result), indent=2) + "\n")
         if out.exists():
@@ -265,18 +268,6 @@ def export_onnx(source: str | Path, output_dir: str | Path, *, precision: str = 
         raise
     logger.info("exported %s to %s (max |diff| %.2g)", source, out, parity.max_abs_diff)
     return result
-
-
-def _versions() -> dict:
-    from importlib import metadata
-
-    out = {}
-    for pkg in ("torch", "diffusers", "optimum-onnx", "onnx", "onnxruntime", "onnxruntime-gpu"):
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            pass
-    return out
 
 
 def _jsonable(result: OnnxExport) -> dict:
