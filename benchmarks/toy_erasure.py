@@ -19,20 +19,16 @@ from esd_sdk import GenerationConfig, load_base
 from esd_sdk.config import EraseConfig
 from esd_sdk.erase import resolve_config, train
 from esd_sdk.toy import object_rates
-from esd_sdk.toy.world import COLOUR_NAMES, OBJECTS, STYLES
+from esd_sdk.evaluate import toy_prompt_sets
+from esd_sdk.toy.world import OBJECTS, STYLES
 
 
-def prompts_for(concept: str) -> tuple[str, dict[str, list[str]], dict[str, list[str]] | None]:
-    """(attribute, prompts by key, paraphrase prompts) for an object or style concept."""
-    if concept in OBJECTS:
-        by_key = {o: [f"a {c} {o}" for c in COLOUR_NAMES] for o in OBJECTS}
-        para = {concept: [f"a {c} {OBJECTS[concept][1]}" for c in COLOUR_NAMES]}
-        return "object", by_key, para
-    if concept in STYLES:
-        by_key = {s: [f"a {s} {c} {o}" for o in OBJECTS for c in COLOUR_NAMES[:2]] for s in STYLES if s != "plain"}
-        para = {concept: [f"a {STYLES[concept][1]} {c} {o}" for o in OBJECTS for c in COLOUR_NAMES[:2]]}
-        return "style", by_key, para
-    raise SystemExit(f"'{concept}' is not a toy object or style")
+def prompts_for(concept: str) -> tuple[str, dict[str, list[str]], dict[str, list[str]]]:
+    """(attribute, prompts by key for the concept and every other of its kind, paraphrase prompts)."""
+    if concept not in OBJECTS and concept not in STYLES:
+        raise SystemExit(f"'{concept}' is not a toy object or style")
+    sets = toy_prompt_sets([concept], [])
+    return ("object" if concept in OBJECTS else "style"), {**sets["erased"], **sets["kept"]}, sets["paraphrase"]
 
 
 def measure(concept: str, method: str, n: int, overrides: dict, gen: GenerationConfig) -> dict:

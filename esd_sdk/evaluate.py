@@ -68,7 +68,10 @@ class EvalReport:
         return "\n".join(lines) + "\n"
 
 
-def _toy_prompt_sets(concepts: list[str], keep: list[str]) -> dict[str, dict[str, list[str]]]:
+def toy_prompt_sets(concepts: list[str], keep: list[str]) -> dict[str, dict[str, list[str]]]:
+    """Prompts by set ("erased", "paraphrase", "kept") and concept. Objects: "a <colour> <object>"
+    for every colour; styles: "a <style> <colour> <object>" for every object and two colours;
+    paraphrases use the concept's synonym; ``keep`` defaults to every other concept of that kind."""
     from .toy.world import COLOUR_NAMES, OBJECTS, STYLES, parse_prompt
 
     def attribute_prompts(concept: str, word_index: int = 0) -> tuple[str, list[str]]:
@@ -111,7 +114,7 @@ def evaluate(edited_dir: str | Path, *, base_model: str | None = None, concepts:
         raise UnsupportedModelError("scoring needs a judge: only the toy world's is bundled so far; "
                                     "evaluate toy-world edits, or score real-model images with your own classifier")
     concepts = concepts or manifest["concepts"]
-    sets = _toy_prompt_sets(concepts, keep or [])
+    sets = toy_prompt_sets(concepts, keep or [])
     config = config or GenerationConfig.for_model(base)
     unet = load_edited_unet(edited_dir)
     judge = load_judge()

@@ -15,7 +15,7 @@ import hashlib
 import json
 import logging
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +53,6 @@ class BaseModel:
     prediction_type: str  # "epsilon" or "v_prediction"
     source: str  # what the caller asked for
     path: Path | None = None  # local directory or file, None for a hub download
-    extras: dict = field(default_factory=dict)
 
     @property
     def unet(self):

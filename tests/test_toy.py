@@ -1,7 +1,6 @@
 """The bundled toy world: layout, tokenizer, judge, generation, and the training script."""
 
 import numpy as np
-import pytest
 import torch
 
 from esd_sdk import generate, load_base, toy_model_path

@@ -3,7 +3,6 @@ import json
 import numpy as np
 import onnx
 import pytest
-import torch
 
 from esd_sdk.config import EraseConfig
 from esd_sdk.erase import erase
