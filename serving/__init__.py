@@ -1,4 +1,18 @@
-"""Runtimes over PyTorch, ONNX Runtime and TensorRT, a pipeline on them, and latency benchmarks.
+"""Serve an edited model: one runtime API over PyTorch, ONNX Runtime and TensorRT, a
+text-to-image pipeline on it, a micro-batching thread-safe service, the edited-vs-unedited
+latency benchmark and a lightweight HTTP server. Installed as ``esd_sdk.serving``.
 
-Installed as ``esd_sdk.serving``.
+    >>> from esd_sdk.serving import Service, open_pipeline
+    >>> pipe = open_pipeline("erased-circle", backend="onnxruntime")   # uses erased-circle-onnx/
+    >>> service = Service(pipe, max_batch=8)                         # share it between threads
+    >>> image = service.generate("a red circle", seed=0)             # (H, W, 3) floats in [0, 1]
 """
+
+from .pipeline import Limits, Text2ImagePipeline, open_pipeline
+from .runtime import BACKENDS, OnnxRuntime, TensorRTRuntime, TorchRuntime, UNetRuntime, load_runtime
+from .service import QueueFullError, Request, Result, Service, ServiceClosedError
+
+__all__ = [
+    "BACKENDS", "Limits", "OnnxRuntime", "QueueFullError", "Request", "Result", "Service", "ServiceClosedError",
+    "TensorRTRuntime", "Text2ImagePipeline", "TorchRuntime", "UNetRuntime", "load_runtime", "open_pipeline",
+]

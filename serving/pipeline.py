@@ -1,0 +1,233 @@
+"""Text to image with any UNet runtime: the base model's tokenizer, text encoder, VAE and
+scheduler around a pluggable UNet.
+
+    >>> base = esd_sdk.load_base("toy")
+    >>> pipe = Text2ImagePipeline(base, load_runtime("erased-circle-onnx", backend="onnxruntime"))
+    >>> images = pipe(["a red circle", "a blue square"], seeds=[0, 1])      # (2, H, W, 3) floats in [0, 1]
+
+It follows diffusers' `StableDiffusionPipeline` step for step (same initial latents per seed,
+classifier-free guidance with the unconditional half first, the scheduler's own step), so the
+torch runtime reproduces `esd_sdk.generate` and the other runtimes differ from it only by the
+UNet's numerics. Each request in a batch may have its own seed and guidance scale; the number
+of steps and the size are shared by the batch.
+
+One pipeline may be called from several threads: calls are serialised by a lock (the runtime
+and the text encoder run one batch at a time anyway). To batch concurrent requests into one
+UNet call, put a `Service` in front of it.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..conditioning import Conditioning, encode_prompts
+from ..errors import ConfigError, ModelNotFoundError
+from ..generate import GenerationConfig
+from ..loading import BaseModel
+from .runtime import UNetRuntime
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What a pipeline accepts; the server turns violations into 400 responses."""
+
+    max_prompt_chars: int = 1000
+    min_steps: int = 1
+    max_steps: int = 150
+    max_guidance: float = 30.0
+    size_multiple: int = 8  # image height/width must be a multiple of this
+    min_size: int = 8
+    max_size: int = 1024
+    max_batch: int = 64
+
+
+class Text2ImagePipeline:
+    """Generate images from prompts with ``runtime`` as the UNet and ``base``'s other components."""
+
+    def __init__(self, base: BaseModel, runtime: UNetRuntime, defaults: GenerationConfig | None = None):
+        self.base = base
+        self.runtime = runtime
+        self.device = runtime.device
+        pipe = base.pipeline
+        for name in ("text_encoder", "text_encoder_2", "vae"):
+            module = getattr(pipe, name, None)
+            if module is not None:
+                module.to(self.device).eval()
+        self.vae = pipe.vae
+        self.scheduler_class = type(pipe.scheduler)
+        self.scheduler_config = pipe.scheduler.config
+        self.vae_scale_factor = pipe.vae_scale_factor
+        cfg = runtime.config or dict(pipe.unet.config)
+        self.latent_channels = cfg.get("in_channels", pipe.unet.config.in_channels)
+        self.default_size = cfg.get("sample_size", pipe.unet.config.sample_size) * self.vae_scale_factor
+        downsamples = len(cfg.get("down_block_types", pipe.unet.config.down_block_types)) - 1
+        self.limits = Limits(size_multiple=self.vae_scale_factor * 2 ** downsamples,
+                             min_size=self.vae_scale_factor * 2 ** downsamples)
+        self.defaults = defaults or GenerationConfig.for_model(base)
+        self.zero_uncond = bool(getattr(pipe, "config", {}).get("force_zeros_for_empty_prompt", False))
+        self._lock = threading.Lock()
+        self._uncond: dict[int, Conditioning] = {}  # by image size (SDXL's time ids depend on it)
+
+    def describe(self) -> str:
+        return f"{self.base.source} with UNet on {self.runtime.describe()}"
+
+    def _conditioning(self, prompts: list[str], size: int) -> Conditioning:
+        cond = encode_prompts(self.base, prompts, device=self.device, resolution=size)
+        if size not in self._uncond:
+            uncond = encode_prompts(self.base, [""], device=self.device, resolution=size)
+            if self.zero_uncond:  # SDXL's default: zero embeddings for an empty negative prompt
+                uncond = Conditioning(torch.zeros_like(uncond.hidden),
+                                      {"text_embeds": torch.zeros_like(uncond.added["text_embeds"]),
+                                       "time_ids": uncond.added["time_ids"]} if uncond.added else None)
+            self._uncond[size] = uncond
+        uncond = self._uncond[size].index([0] * len(prompts))
+        return Conditioning.cat([uncond, cond])
+
+    def initial_latents(self, seeds: list[int], height: int, width: int) -> torch.Tensor:
+        """The starting noise, one CPU generator per image as diffusers does with a list of generators."""
+        shape = (1, self.latent_channels, height // self.vae_scale_factor, width // self.vae_scale_factor)
+        return torch.cat([torch.randn(shape, generator=torch.Generator("cpu").manual_seed(int(s))) for s in seeds])
+
+    def check(self, prompts: list[str], seeds: list[int], steps: int, guidance: list[float], height: int,
+              width: int) -> None:
+        """Raise ConfigError, naming the bound, for anything the pipeline will not run."""
+        lim = self.limits
+        if not prompts:
+            raise ConfigError("no prompts given")
+        if len(prompts) > lim.max_batch:
+            raise ConfigError(f"at most {lim.max_batch} prompts per call, got {len(prompts)}")
+        if len(seeds) != len(prompts) or len(guidance) != len(prompts):
+            raise ConfigError(f"need one seed and one guidance per prompt: {len(prompts)} prompts, "
+                              f"{len(seeds)} seeds, {len(guidance)} guidance values")
+        for p in prompts:
+            if not isinstance(p, str) or not p.strip():
+                raise ConfigError("prompt must be a non-empty string")
+            if len(p) > lim.max_prompt_chars:
+                raise ConfigError(f"prompt is {len(p)} characters, the limit is {lim.max_prompt_chars}")
+        if not lim.min_steps <= steps <= lim.max_steps:
+            raise ConfigError(f"steps must be between {lim.min_steps} and {lim.max_steps}, got {steps}")
+        for g in guidance:
+            if not 0 <= g <= lim.max_guidance:
+                raise ConfigError(f"guidance must be between 0 and {lim.max_guidance:g}, got {g:g}")
+        for name, v in (("height", height), ("width", width)):
+            if not lim.min_size <= v <= lim.max_size or v % lim.size_multiple:
+                raise ConfigError(f"{name} must be a multiple of {lim.size_multiple} between {lim.min_size} and "
+                                  f"{lim.max_size}, got {v}")
+        for s in seeds:
+            if not 0 <= int(s) < 2**63:
+                raise ConfigError(f"seed must be between 0 and 2**63 - 1, got {s}")
+
+    def __call__(self, prompts: str | list[str], seeds: int | list[int] = 0, steps: int | None = None,
+                 guidance: float | list[float] | None = None, height: int | None = None,
+                 width: int | None = None) -> np.ndarray:
+        """Images (N, H, W, 3), floats in [0, 1], one per prompt.
+
+        Args:
+            prompts: one prompt or a list.
+            seeds: one seed per prompt, or a first seed (image i gets seed + i, as `esd_sdk.generate`).
+            steps: denoising steps (default: the model's).
+            guidance: classifier-free guidance scale, one for all or one per prompt (default: the model's).
+            height, width: image size (default: the model's native size).
+        """
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        seeds = [seeds + i for i in range(len(prompts))] if isinstance(seeds, int) else list(seeds)
+        steps = self.defaults.num_inference_steps if steps is None else steps
+        guidance = self.defaults.guidance_scale if guidance is None else guidance
+        guidance = [float(guidance)] * len(prompts) if isinstance(guidance, (int, float)) else [float(g) for g in guidance]
+        height, width = height or self.default_size, width or self.default_size
+        self.check(prompts, seeds, steps, guidance, height, width)
+        with self._lock:
+            return self._generate(prompts, seeds, steps, guidance, height, width)
+
+    @torch.inference_mode()
+    def _generate(self, prompts, seeds, steps, guidance, height, width) -> np.ndarray:
+        n = len(prompts)
+        scheduler = self.scheduler_class.from_config(self.scheduler_config)  # per call: schedulers are stateful
+        scheduler.set_timesteps(steps, device=self.device)
+        latents = self.initial_latents(seeds, height, width).to(self.device) * scheduler.init_noise_sigma
+        # diffusers skips guidance at scale <= 1 and uses the conditional prediction alone.
+        scale = torch.tensor([g if g > 1 else 1.0 for g in guidance], device=self.device).view(n, 1, 1, 1)
+        guided = any(g > 1 for g in guidance)
+        cond = self._conditioning(prompts, max(height, width))
+        if not guided:
+            cond = cond.index(list(range(n, 2 * n)))
+        for t in scheduler.timesteps:
+            model_input = torch.cat([latents, latents]) if guided else latents
+            model_input = scheduler.scale_model_input(model_input, t)
+            timestep = t.to(self.device).expand(model_input.shape[0])
+            noise = self.runtime(model_input, timestep, cond)
+            if guided:
+                uncond, text = noise.chunk(2)
+                noise = uncond + scale * (text - uncond)
+            latents = scheduler.step(noise, t, latents, return_dict=False)[0]
+        images = self.vae.decode(latents.to(self.vae.dtype) / self.vae.config.scaling_factor, return_dict=False)[0]
+        images = (images.float() / 2 + 0.5).clamp(0, 1)
+        return images.permute(0, 2, 3, 1).cpu().numpy()
+
+
+def open_pipeline(model: str | Path, backend: str = "torch", unet: str | Path | None = None, *,
+                  device: str | None = None, precision: str = "fp32", compile: bool = False,
+                  provider: str | None = None, threads: int | None = None,
+                  allow_pickle: bool = False) -> Text2ImagePipeline:
+    """A pipeline for ``model`` on ``backend``: the one call a service needs.
+
+    Args:
+        model: an erase output directory (its base model with its edited UNet), or any model
+            `esd_sdk.load_base` takes (``toy``, a diffusers directory, a hub id).
+        backend: "torch", "onnxruntime" or "tensorrt".
+        unet: for onnxruntime/tensorrt, the `esd-sdk export` output to run; by default
+            ``MODEL-onnx`` / ``MODEL-tensorrt`` next to an erase output, as `esd-sdk export` names them.
+            Its weights hash must match the erase output's UNet.
+        device, precision, compile, provider, threads: see `load_runtime`.
+    """
+    from ..fold import MANIFEST_NAME, load_edited_unet, load_manifest
+    from ..loading import load_base
+    from .runtime import BACKENDS, load_runtime
+
+    if backend not in BACKENDS:
+        raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}, got '{backend}'")
+    path = Path(model)
+    manifest = load_manifest(path) if (path / MANIFEST_NAME).is_file() else None
+    base = load_base(manifest["base_model"] if manifest else model, allow_pickle=allow_pickle)
+    if backend == "torch":
+        if unet is not None:
+            source = unet
+        else:
+            source = load_edited_unet(path) if manifest else base.unet
+        runtime = load_runtime(source, "torch", device=device, precision=precision, compile=compile)
+        return Text2ImagePipeline(base, runtime)
+    suffix = "onnx" if backend == "onnxruntime" else "tensorrt"
+    if unet is None:
+        unet = path.parent / f"{path.name}-{suffix}"
+        if not unet.exists():
+            raise ModelNotFoundError(f"no {backend} export of {model} at {unet}: run `esd-sdk export {model} --format "
+                                     f"{suffix}` first, or pass --unet")
+    runtime = load_runtime(unet, backend, provider=provider, threads=threads)
+    if manifest:
+        _check_export_matches(Path(unet), backend, manifest["edited_hash"], path)
+    return Text2ImagePipeline(base, runtime)
+
+
+def _check_export_matches(unet: Path, backend: str, expected: str, model: Path) -> None:
+    """Refuse an export of different weights than the erase output's (a stale export)."""
+    from ..export.onnx import METADATA_NAME
+
+    meta_path = unet / METADATA_NAME if unet.is_dir() else unet.parent.parent / METADATA_NAME
+    if backend == "tensorrt":
+        from ..export.tensorrt import load_engine_info
+        from .runtime import engine_file
+
+        exported = load_engine_info(engine_file(unet)).weights_hash
+    elif meta_path.is_file():
+        exported = json.loads(meta_path.read_text())["weights_hash"]
+    else:
+        return
+    if exported != expected:
+        raise ConfigError(f"{unet} holds other weights than {model}/unet ({exported[:19]} != {expected[:19]}): "
+                          f"re-export with `esd-sdk export {model} --overwrite`")
