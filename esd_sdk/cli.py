@@ -259,27 +259,87 @@ def apply_delta(edit, model, unet_dir, out, revert, no_check, overwrite):
     click.echo(f"{'reverted' if revert else 'applied'} {edit}; wrote {out}")
 
 
-@cli.command("eval")
+EPILOG_EVAL = """\b
+Examples:
+  esd-sdk eval erased-circle -n 8                                   # toy world, bundled judge
+  esd-sdk eval esd-van-gogh --prompts vangogh --prompts artists --clip-model models/clip-vit-large-patch14
+  esd-sdk eval esd-church --prompts imagenette --classifier-model models/resnet-50
+  esd-sdk eval esd-nudity --prompts nudity -n 1                     # needs: pip install 'esd-sdk[eval]'
+  esd-sdk sweep erased-circle --eta 0.5 --eta 1 --eta 2 --eta 4     # re-erase at each eta, plot
+"""
+
+
+def _scoring_options(fn):
+    """Options shared by eval and sweep: what to generate and how to score it."""
+    options = [
+        click.option("--base", "base_model", metavar="MODEL", help="Base model [the one in EDITED/esd.json]."),
+        click.option("--concept", "concepts", multiple=True, help="Erased concept to score [the manifest's]."),
+        click.option("--keep", multiple=True, help="Concept that should survive [toy: every other of the same kind; "
+                                                   "--prompts: every other concept in the sets]."),
+        click.option("--prompts", multiple=True, metavar="SET|CSV",
+                     help="The paper's prompt sets: vangogh, artists, imagenette, nudity, or a CSV; repeat to pool "
+                          "[toy world: its own vocabulary]."),
+        click.option("--scorer", type=click.Choice(["toy", "clip", "nudenet", "resnet"]),
+                     help="[toy on the toy world; clip for vangogh/artists, resnet for imagenette, nudenet for nudity]"),
+        click.option("--clip-model", type=click.Path(file_okay=False, path_type=Path),
+                     help="Local transformers CLIPModel directory for --scorer clip."),
+        click.option("--classifier-model", type=click.Path(file_okay=False, path_type=Path),
+                     help="Local ResNetForImageClassification directory (microsoft/resnet-50 layout) for --scorer resnet."),
+        click.option("--nudenet-threshold", default=0.6, show_default=True, type=click.FloatRange(0, 1, min_open=True),
+                     help="NudeNet detection score from which an exposed part counts."),
+        click.option("-n", "--num-images", default=8, show_default=True, type=click.IntRange(min=1), help="Images per prompt."),
+        click.option("--seed", default=0, show_default=True, type=int, help="First seed of toy prompts (CSV rows carry their own)."),
+        click.option("--steps", type=click.IntRange(min=1), help="Denoising steps [the model's own: protocol]."),
+        click.option("--guidance", type=click.FloatRange(min=0), help="Guidance scale [the model's own: protocol]."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _scoring_kwargs(base_model, concepts, keep, prompts, scorer, clip_model, classifier_model, nudenet_threshold,
+                    num_images, seed, steps, guidance) -> dict:
+    return dict(base_model=base_model, concepts=list(concepts) or None, keep=list(keep) or None,
+                prompts=list(prompts) or None, scorer=scorer, clip_model=clip_model, classifier_model=classifier_model,
+                nudenet_threshold=nudenet_threshold, n=num_images, seed=seed, steps=steps, guidance=guidance)
+
+
+@cli.command("eval", epilog=EPILOG_EVAL)
 @click.argument("edited", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--base", "base_model", metavar="MODEL", help="Base model [the one in EDITED/esd.json].")
-@click.option("--concept", "concepts", multiple=True, help="Erased concept to score [the manifest's].")
-@click.option("--keep", multiple=True, help="Concept that should survive [every other toy concept of the same kind].")
-@click.option("-n", "--num-images", default=8, show_default=True, type=click.IntRange(min=1), help="Images per prompt.")
-@click.option("--seed", default=0, show_default=True, type=int)
+@_scoring_options
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Report directory [EDITED/eval].")
 @click.option("--no-update", is_flag=True, help="Do not write the scores into EDITED/esd.json and README.md.")
 @_errors_to_exit
-def evaluate(edited, base_model, concepts, keep, num_images, seed, out, no_update):
+def evaluate(edited, out, no_update, **scoring):
     """Score an erase: erased, paraphrased and kept concepts, base vs edited, same seeds.
 
     Writes eval.json, eval.md and base-vs-edited grids, and records the scores in the manifest.
     """
     from .evaluate import evaluate as run_eval
 
-    report = run_eval(edited, base_model=base_model, concepts=list(concepts) or None, keep=list(keep) or None,
-                      n=num_images, seed=seed, output_dir=out, update=not no_update)
+    report = run_eval(edited, output_dir=out, update=not no_update, **_scoring_kwargs(**scoring))
     click.echo(report.markdown().rstrip())
     click.echo(f"wrote {out or edited / 'eval'} (eval.json, eval.md, grid_*.png)")
+
+
+@cli.command(epilog=EPILOG_EVAL)
+@click.argument("edited", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--eta", "etas", multiple=True, required=True, type=float, help="Negative guidance to erase with; repeat.")
+@_scoring_options
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Report directory [EDITED/sweep].")
+@click.option("--device", help="torch device for the erases [cuda if available, else cpu].")
+@_errors_to_exit
+def sweep(edited, etas, out, device, **scoring):
+    """Re-run EDITED's erase at each --eta and score every result: the erasure/interference trade-off.
+
+    Uses the settings in EDITED/esd.json (only eta changes) and the same prompts and scorer as
+    eval; writes sweep.json, sweep.md and sweep.png. EDITED itself is not changed.
+    """
+    from .evaluate import sweep as run_sweep
+
+    report = run_sweep(edited, list(etas), output_dir=out, device=device, **_scoring_kwargs(**scoring))
+    click.echo(report.markdown().rstrip())
+    click.echo(f"wrote {out or edited / 'sweep'} (sweep.json, sweep.md, sweep.png)")
 
 
 def _latest_erase_output() -> Path:
@@ -352,6 +412,102 @@ def export(source, fmt, out, precision, opset, dynamic, max_batch_size, overwrit
         write_triton_repository(Path(tmp) / "onnx", out, max_batch_size=max_batch_size, overwrite=overwrite)
     click.echo(f"wrote Triton repository {out} (onnxruntime_onnx, {result.precision}, max batch {max_batch_size}); "
                f"parity max |diff| {result.parity.max_abs_diff:.2g}")
+
+
+EPILOG_BENCH = """\b
+Examples:
+  esd-sdk bench erased-circle                                   # torch + onnxruntime (+ tensorrt on a GPU)
+  esd-sdk bench erased-circle --backend onnxruntime --runs 100 --out bench/
+  esd-sdk bench erased-circle --device cuda --precision fp16    # GPU: torch fp16, ORT fp16, TensorRT fp16
+"""
+
+
+@cli.command(epilog=EPILOG_BENCH)
+@click.argument("edited", required=False, type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--base", "base_model", metavar="MODEL", help="Unedited model [the one in EDITED/esd.json].")
+@click.option("--backend", "backends", multiple=True, type=click.Choice(["torch", "onnxruntime", "tensorrt"]),
+              help="Backend to measure; repeat for several [torch, onnxruntime, and tensorrt on a GPU].")
+@click.option("--runs", default=50, show_default=True, type=click.IntRange(min=1), help="Timed UNet-step pairs.")
+@click.option("--e2e-runs", default=10, show_default=True, type=click.IntRange(min=0), help="Timed text-to-image pairs.")
+@click.option("--warmup", default=3, show_default=True, type=click.IntRange(min=0), help="Warm-up calls per model.")
+@click.option("--batch", default=1, show_default=True, type=click.IntRange(min=1), help="Images per call (UNet batch 2x).")
+@click.option("--steps", type=click.IntRange(min=1), help="Denoising steps end to end [the model's].")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True)
+@click.option("--device", help="torch device [cuda if available, else cpu].")
+@click.option("--threads", type=click.IntRange(min=1), help="ONNX Runtime intra-op threads [its default].")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Report directory [EDITED-bench].")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
+@_errors_to_exit
+def bench(edited, base_model, backends, runs, e2e_runs, warmup, batch, steps, precision, device, threads, out, quiet):
+    """Latency of an edited model against the unedited one, per backend: UNet step and end to
+    end, p50/p90/p99, interleaved A/B after warm-up. Writes bench.json, bench.md and bench.png.
+
+    Without EDITED, the newest erase output in the current directory is used. ONNX exports and
+    engines of both models are made on first use and kept in OUT/exports.
+    """
+    from .serving.bench import benchmark, markdown
+
+    if edited is None:
+        edited = _latest_erase_output()
+        click.echo(f"benchmarking {edited} (newest erase output here)")
+    out = out or edited.parent / f"{edited.name}-bench"
+    report = benchmark(edited, list(backends) or None, base_model=base_model, runs=runs, e2e_runs=e2e_runs,
+                       warmup=warmup, batch=batch, steps=steps, precision=precision, device=device, threads=threads,
+                       out=out, progress=not quiet)
+    click.echo(markdown(report).rstrip())
+    click.echo(f"wrote {out} (bench.json, bench.md, bench.png)")
+
+
+EPILOG_SERVE = """\b
+Examples:
+  esd-sdk serve --model erased-circle                          # PyTorch UNet on :8000
+  esd-sdk serve --model erased-circle --backend onnxruntime    # uses erased-circle-onnx/ (esd-sdk export)
+  curl -s localhost:8000/generate -d '{"prompt": "a red circle", "seed": 3}' -o out.png
+  curl -s localhost:8000/metrics
+"""
+
+
+@cli.command(epilog=EPILOG_SERVE)
+@click.option("--model", required=True, metavar="DIR",
+              help="An erase output directory (served with its base model), or any model: toy, a diffusers directory.")
+@click.option("--backend", type=click.Choice(["torch", "onnxruntime", "tensorrt"]), default="torch", show_default=True)
+@click.option("--unet", "unet", type=click.Path(exists=True, path_type=Path),
+              help="onnxruntime/tensorrt: the export to run [MODEL-onnx / MODEL-tensorrt].")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on (0.0.0.0 for all).")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535), help="Port (0: any free one).")
+@click.option("--max-batch", default=8, show_default=True, type=click.IntRange(min=1), help="Requests per UNet batch.")
+@click.option("--max-wait-ms", default=5.0, show_default=True, type=click.FloatRange(min=0),
+              help="How long an idle worker waits for companions to a request.")
+@click.option("--max-queue", default=64, show_default=True, type=click.IntRange(min=1),
+              help="Waiting requests beyond which new ones get 429.")
+@click.option("--device", help="torch device [cuda if available, else cpu].")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True,
+              help="torch backend: UNet precision.")
+@click.option("--threads", type=click.IntRange(min=1), help="onnxruntime: intra-op threads.")
+@allow_pickle_option
+@_errors_to_exit
+def serve(model, backend, unet, host, port, max_batch, max_wait_ms, max_queue, device, precision, threads, allow_pickle):
+    """Serve text-to-image over HTTP: POST /generate, GET /healthz, GET /metrics (Prometheus).
+
+    Concurrent requests are micro-batched into one UNet batch; a full queue answers 429;
+    Ctrl-C or SIGTERM stops accepting, finishes every accepted request, then exits.
+    """
+    from .serving import Service, open_pipeline
+    from .serving.server import serve as run_server
+
+    pipe = open_pipeline(model, backend, unet, device=device, precision=precision, threads=threads,
+                         allow_pickle=allow_pickle)
+    service = Service(pipe, max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue)
+
+    def ready(server):
+        click.echo(f"serving {pipe.describe()} at {server.url} (max batch {max_batch}, queue {max_queue}); "
+                   "Ctrl-C to stop", err=True)
+
+    try:
+        run_server(service, host, port, model_name=str(model), ready=ready)
+    except OSError as e:
+        raise click.ClickException(f"cannot listen on {host}:{port} ({e.strerror}): choose another --port") from e
+    click.echo(f"stopped after {service.images} images in {service.batches} batches", err=True)
 
 
 def main() -> None:

@@ -1,0 +1,49 @@
+"""An erase output of the tiny SD model and its ONNX export, shared by the serving tests."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+from esd_sdk.config import EraseConfig
+from esd_sdk.erase import erase
+
+
+@pytest.fixture(scope="package")
+def edited(tiny_sd, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("serving") / "edited"
+    erase(EraseConfig(concepts=["circle"], method="x", steps=3, lr=1e-2, ddim_steps=4), tiny_sd, out, progress=False)
+    return out
+
+
+@pytest.fixture(scope="package")
+def edited_onnx(edited) -> Path:
+    """At the path `esd-sdk export` would choose, so open_pipeline finds it."""
+    from esd_sdk.export import export_onnx
+
+    export_onnx(edited, edited.parent / f"{edited.name}-onnx")
+    return edited.parent / f"{edited.name}-onnx"
+
+
+class GatedRuntime:
+    """A real runtime whose calls wait until the test opens the gate: lets tests hold a batch
+    in flight deterministically (for back-pressure and shutdown)."""
+
+    def __init__(self, runtime, fail: bool = False):
+        self.inner = runtime
+        self.backend, self.device, self.config = runtime.backend, runtime.device, runtime.config
+        self.gate = threading.Event()
+        self.entered = threading.Event()
+        self.fail = fail
+
+    def __call__(self, sample, timestep, cond):
+        self.entered.set()
+        self.gate.wait(30)
+        if self.fail:
+            raise RuntimeError("device lost")
+        return self.inner(sample, timestep, cond)
+
+    def describe(self):
+        return "gated " + self.inner.describe()
