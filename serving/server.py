@@ -111,8 +111,8 @@ def parse_request(body: bytes) -> tuple[dict, str]:
     for name, value in data.items():
         kinds = FIELDS[name]
         if not isinstance(value, kinds) or isinstance(value, bool):
-            kind = "number" if name == "guidance" else {str: "string", int: "integer"}[kinds]
-            raise ConfigError(f'"{name}" must be a {kind}, got {json.dumps(value)}')
+            kind = "a number" if name == "guidance" else {str: "a string", int: "an integer"}[kinds]
+            raise ConfigError(f'"{name}" must be {kind}, got {json.dumps(value)}')
     fmt = data.pop("format", "png")
     if fmt not in ("png", "json"):
         raise ConfigError(f'"format" must be "png" or "json", got "{fmt}"')

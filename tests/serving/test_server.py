@@ -1,0 +1,163 @@
+"""The HTTP server on loopback: responses, every validation error, back-pressure, metrics, drain."""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import io
+import json
+import re
+import threading
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from esd_sdk import load_base
+from esd_sdk.serving import Service, Text2ImagePipeline, load_runtime
+from esd_sdk.serving.server import EsdHTTPServer
+
+from .conftest import GatedRuntime
+
+
+@pytest.fixture(scope="module")
+def pipe(tiny_sd):
+    base = load_base(tiny_sd)
+    pipe = Text2ImagePipeline(base, load_runtime(base.unet))
+    pipe.defaults.num_inference_steps = 2
+    return pipe
+
+
+def start(pipe, **service_kwargs) -> EsdHTTPServer:
+    server = EsdHTTPServer(("127.0.0.1", 0), Service(pipe, **service_kwargs), model_name="tiny")
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    return server
+
+
+@pytest.fixture(scope="module")
+def server(pipe):
+    server = start(pipe, max_batch=4, max_wait_ms=20)
+    yield server
+    server.drain()
+
+
+def request(server, method, path, body=None, headers=None):
+    conn = http.client.HTTPConnection(*server.server_address[:2], timeout=60)
+    if isinstance(body, (dict, list)):
+        body = json.dumps(body)
+    conn.request(method, path, body=body, headers=headers or {})
+    response = conn.getresponse()
+    data = response.read()
+    conn.close()
+    return response.status, dict(response.getheaders()), data
+
+
+def test_generate_png_and_json_give_the_same_image(server, pipe):
+    status, headers, png = request(server, "POST", "/generate", {"prompt": "a red circle", "seed": 4})
+    assert status == 200 and headers["Content-Type"] == "image/png" and headers["X-Seed"] == "4"
+    image = np.asarray(Image.open(io.BytesIO(png))) / 255
+    expected = pipe("a red circle", seeds=[4])[0]
+    assert image.shape == (32, 32, 3) and np.abs(image - expected).max() <= 1 / 255 + 1e-6
+    status, headers, body = request(server, "POST", "/generate", {"prompt": "a red circle", "seed": 4, "format": "json"})
+    data = json.loads(body)
+    assert status == 200 and headers["Content-Type"] == "application/json"
+    assert base64.b64decode(data["image"]) == png and data["seed"] == 4 and data["batch_size"] >= 1
+
+
+@pytest.mark.parametrize("body, message", [
+    ("{not json", "body is not valid JSON"),
+    ("[1, 2]", "body must be a JSON object"),
+    ({"seed": 1}, 'missing "prompt"'),
+    ({"prompt": "a", "sed": 1}, "unknown field.*sed"),
+    ({"prompt": 3}, '"prompt" must be a string'),
+    ({"prompt": "a", "seed": "1"}, '"seed" must be an integer'),
+    ({"prompt": "a", "steps": True}, '"steps" must be an integer'),
+    ({"prompt": "a", "guidance": "high"}, '"guidance" must be a number'),
+    ({"prompt": "a", "format": "gif"}, '"format" must be "png" or "json"'),
+    ({"prompt": ""}, "non-empty"),
+    ({"prompt": "a" * 1001}, "1001 characters, the limit is 1000"),
+    ({"prompt": "a", "steps": 0}, "steps must be between 1 and 150"),
+    ({"prompt": "a", "steps": 500}, "steps must be between 1 and 150"),
+    ({"prompt": "a", "guidance": -1}, "guidance must be between 0 and 30"),
+    ({"prompt": "a", "height": 30}, "height must be a multiple of 4"),
+    ({"prompt": "a", "width": 4096}, "width must be a multiple of 4"),
+    ({"prompt": "a", "seed": -5}, "seed must be between 0"),
+])
+def test_bad_requests_get_400_with_the_reason(server, body, message):
+    status, headers, data = request(server, "POST", "/generate", body)
+    assert status == 400 and headers["Content-Type"] == "application/json"
+    assert re.search(message, json.loads(data)["error"])
+
+
+def test_wrong_path_method_and_size(server):
+    assert request(server, "GET", "/nope")[0] == 404
+    status, headers, _ = request(server, "GET", "/generate")
+    assert status == 405 and headers["Allow"] == "POST"
+    assert request(server, "POST", "/metrics", {})[0] == 405
+    status, _, data = request(server, "POST", "/generate", "x" * (64 * 1024 + 1))
+    assert status == 413 and "limit is 65536" in json.loads(data)["error"]
+
+
+def test_health_and_prometheus_metrics(server):
+    status, _, data = request(server, "GET", "/healthz")
+    health = json.loads(data)
+    assert status == 200 and health["status"] == "ok" and health["model"] == "tiny" and health["max_batch"] == 4
+    request(server, "POST", "/generate", {"prompt": "a blue square"})
+    request(server, "POST", "/generate", {"prompt": "a", "steps": 0})
+    status, headers, data = request(server, "GET", "/metrics")
+    text = data.decode()
+    assert status == 200 and headers["Content-Type"].startswith("text/plain; version=0.0.4")
+    counts = {line.split(" ")[0]: float(line.split(" ")[1]) for line in text.splitlines() if not line.startswith("#")}
+    assert counts['esd_requests_total{endpoint="/generate",code="200"}'] >= 1
+    assert counts['esd_requests_total{endpoint="/generate",code="400"}'] >= 1
+    assert counts["esd_request_duration_seconds_count"] == counts['esd_request_duration_seconds_bucket{le="+Inf"}']
+    assert counts["esd_images_total"] >= 1 and "esd_queue_depth" in counts and "# TYPE esd_request_duration_seconds histogram" in text
+
+
+def _concurrent_posts(server, bodies):
+    results = [None] * len(bodies)
+
+    def post(i):
+        results[i] = request(server, "POST", "/generate", bodies[i])
+
+    threads = [threading.Thread(target=post, args=(i,)) for i in range(len(bodies))]
+    [t.start() for t in threads]
+    return threads, results
+
+
+def test_full_queue_answers_429_and_accepted_requests_complete(pipe):
+    gated = GatedRuntime(pipe.runtime)
+    server = start(Text2ImagePipeline(pipe.base, gated, pipe.defaults), max_batch=1, max_wait_ms=0, max_queue=2)
+    first, first_result = _concurrent_posts(server, [{"prompt": "a red circle", "seed": 0}])
+    assert gated.entered.wait(30)
+    threads, results = _concurrent_posts(server, [{"prompt": "a red circle", "seed": s} for s in range(1, 7)])
+    for _ in range(200):  # until all six were answered or queued
+        if server.service.queue_depth == 2 and sum(r is not None for r in results) == 4:
+            break
+        threading.Event().wait(0.05)
+    gated.gate.set()
+    [t.join(60) for t in threads + first]
+    statuses = sorted(r[0] for r in results + first_result)
+    assert statuses == [200, 200, 200, 429, 429, 429, 429]
+    rejected = next(r for r in results if r[0] == 429)
+    assert rejected[1]["Retry-After"] == "1" and "queue full" in json.loads(rejected[2])["error"]
+    server.drain()
+
+
+def test_drain_finishes_in_flight_requests_then_stops(pipe):
+    gated = GatedRuntime(pipe.runtime)
+    server = start(Text2ImagePipeline(pipe.base, gated, pipe.defaults), max_batch=1, max_wait_ms=0)
+    threads, results = _concurrent_posts(server, [{"prompt": "a red circle", "seed": s} for s in range(3)])
+    assert gated.entered.wait(30)
+    for _ in range(200):
+        if server.service.queue_depth + server.service.in_flight == 3:
+            break
+        threading.Event().wait(0.05)
+    drainer = threading.Thread(target=server.drain)
+    drainer.start()
+    threading.Timer(0.3, gated.gate.set).start()
+    drainer.join(60)
+    [t.join(60) for t in threads]
+    assert [r[0] for r in results] == [200, 200, 200]
+    with pytest.raises(OSError):
+        request(server, "GET", "/healthz")
