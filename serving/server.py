@@ -213,6 +213,7 @@ class _Handler(BaseHTTPRequestHandler):
 class EsdHTTPServer(ThreadingHTTPServer):
     daemon_threads = False  # server_close() joins connection threads: in-flight responses get written
     block_on_close = True
+    request_queue_size = 1024  # listen backlog: a burst of clients must not find it full (socketserver's default: 5)
 
     def __init__(self, address: tuple[str, int], service: Service, model_name: str = "model"):
         self.service = service
