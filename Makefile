@@ -1,5 +1,6 @@
 # Two commands do all the set-up on a fresh machine:
-#   make demo   erase a concept from the bundled toy model, show before/after grids, export ONNX + Triton
+#   make demo   erase a concept from the bundled toy model, show before/after grids, export ONNX + Triton,
+#               benchmark edited vs unedited latency on torch and ONNX Runtime
 #   make test   run the test suite
 # Both create (or reuse) the virtual environment in $(VENV) first.
 
@@ -29,9 +30,11 @@ demo: $(STAMP)
 	$(BIN)/esd-sdk eval $(DEMO)/erased-circle -n 4
 	$(BIN)/esd-sdk export $(DEMO)/erased-circle --format onnx --overwrite
 	$(BIN)/esd-sdk export $(DEMO)/erased-circle --format triton --overwrite
+	$(BIN)/esd-sdk bench $(DEMO)/erased-circle --runs 30 --e2e-runs 4 -q
 	@echo "demo outputs in $(DEMO)/: base.png and erased-circle.png (grids), erased-circle/ (unet/, esd_delta.safetensors,"
 	@echo "  esd.json, README.md, eval/ with base-vs-edited grids and scores), erased-circle-onnx/ (parity-checked ONNX),"
-	@echo "  erased-circle-triton/ (Triton repository)"
+	@echo "  erased-circle-triton/ (Triton repository), erased-circle-bench/ (latency: bench.md, bench.json, bench.png)"
+	@echo "serve it: $(BIN)/esd-sdk serve --model $(DEMO)/erased-circle --backend onnxruntime"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
