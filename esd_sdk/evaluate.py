@@ -1,38 +1,62 @@
 """Measure an erase: how often the erased concept still appears, in its own words and in
 paraphrases, and how much the concepts to keep suffer — base and edited side by side, same seeds.
 
-    >>> report = evaluate("erased-circle", concepts=["circle"], keep=["square", "triangle"])
-    >>> report.rows[0]            # EvalRow(prompt_set='erased', key='circle', base=1.0, edited=0.0, ...)
+    >>> report = evaluate("erased-circle")                      # toy world: the bundled judge
+    >>> report.summary()["erased"], report.summary()["max_kept_drop"]
+    >>> evaluate("esd-van-gogh", prompts=["vangogh", "artists"], clip_model="models/clip-vit-large")
+    >>> sweep("erased-circle", etas=[0.5, 1, 2, 4])             # re-erase at each eta, score, plot
 
-On the toy world the judge scores images; the prompt sets are built from the world's
-vocabulary (colours x objects, synonyms as paraphrases). Writes eval.json, eval.md and one grid
-per prompt set (base row above edited row per prompt) into the output directory, and merges the
-scores into the artifact's esd.json and model card.
+Prompt sets. On the toy world they are built from its vocabulary ("a <colour> <object>",
+synonyms as paraphrases, every other object/style as kept). On real models they come from the
+paper's CSVs (`esd_sdk.data`: vangogh, artists, imagenette, nudity, or a CSV path): rows whose
+concept names an erased concept form the erased set (their synonym rows the paraphrase set),
+the other rows the kept set.
+
+Protocol (fixed; every setting is written into eval.json):
+- images: ``n`` per prompt; image i of a prompt uses seed ``evaluation_seed + i`` (toy: ``seed + i``),
+  identical for the base and the edited model, so their difference is the edit's;
+- sampler: the model's own (SD: its scheduler, 50 steps, guidance 7.5; the toy model its
+  esd_generation.json), unless ``steps``/``guidance`` override it;
+- scorers (`esd_sdk.scorers`): toy judge; CLIP score against the prompt; NudeNet, an image is
+  nude when an exposed class scores >= 0.6; ResNet-50 top-1 equal to the row's ImageNet class.
+
+Writes eval.json, eval.md and one grid per prompt set (base row above edited row per prompt)
+into the output directory, and merges the scores into the artifact's esd.json and model card.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
+from PIL import Image, ImageDraw, ImageFont
 
-from .errors import ConfigError, UnsupportedModelError
+from .data import PromptRow, concept_matches, load_prompts
+from .errors import ConfigError
 from .fold import load_edited_unet, load_manifest, update_manifest
 from .generate import GenerationConfig, generate, image_grid
-from .loading import load_base
+from .loading import BaseModel, load_base, weights_hash
+from .scorers import NUDENET_THRESHOLD, Scorer, make_scorer
 
 logger = logging.getLogger(__name__)
+
+SETS = ("erased", "paraphrase", "kept")
+DEFAULT_SCORER = {"vangogh": "clip", "artists": "clip", "imagenette": "resnet", "nudity": "nudenet"}
+GRID_PROMPTS = 16  # prompts shown per grid (the first of each concept first)
+GRID_IMAGES = 8  # images per prompt and model in a grid
+GRID_PIXELS = 128  # larger images are shrunk to this for the grids
 
 
 @dataclass
 class EvalRow:
     prompt_set: str  # "erased", "paraphrase" or "kept"
     key: str  # the concept
-    base: float  # rate in base-model images
-    edited: float  # rate in edited-model images
+    base: float  # mean score of base-model images (a rate for every scorer but CLIP)
+    edited: float  # mean score of edited-model images
     images: int
 
     @property
@@ -47,108 +71,382 @@ class EvalReport:
     n_per_prompt: int
     seed: int
     sampler: dict
+    protocol: dict = field(default_factory=dict)  # prompt sets and scorer settings
     rows: list[EvalRow] = field(default_factory=list)
+    counts: dict = field(default_factory=dict)  # scorer tallies by model, e.g. NudeNet classes
 
     def summary(self) -> dict:
-        by = lambda s: [r for r in self.rows if r.prompt_set == s]  # noqa: E731
-        kept = by("kept")
-        return {
-            "erased_rate": float(np.mean([r.edited for r in by("erased")])) if by("erased") else None,
-            "erased_rate_base": float(np.mean([r.base for r in by("erased")])) if by("erased") else None,
-            "paraphrase_rate": float(np.mean([r.edited for r in by("paraphrase")])) if by("paraphrase") else None,
-            "kept_rate": float(np.mean([r.edited for r in kept])) if kept else None,
-            "max_kept_drop": float(max(r.drop for r in kept)) if kept else None,
-        }
+        def mean(set_name: str, attr: str):
+            rows = [r for r in self.rows if r.prompt_set == set_name]
+            return float(np.mean([getattr(r, attr) for r in rows])) if rows else None
+
+        kept = [r for r in self.rows if r.prompt_set == "kept"]
+        return {"metric": self.protocol.get("metric", "rate"),
+                **{f"{s}{suffix}": mean(s, attr) for s in SETS for suffix, attr in (("", "edited"), ("_base", "base"))},
+                "max_kept_drop": float(max(r.drop for r in kept)) if kept else None}
 
     def markdown(self) -> str:
-        lines = ["| set | concept | base | edited | drop | images |", "| --- | --- | --- | --- | --- | --- |"]
+        metric = self.protocol.get("metric", "rate")
+        pct = self.protocol.get("is_rate", True)
+        fmt = (lambda v: f"{100 * v:.1f}%") if pct else (lambda v: f"{v:.2f}")  # noqa: E731
+        unit = " pts" if pct else ""
+        lines = [f"| set | concept | base | edited | drop | images |  ({metric})", "| --- | --- | --- | --- | --- | --- |"]
         for r in self.rows:
-            lines.append(f"| {r.prompt_set} | {r.key} | {100 * r.base:.1f}% | {100 * r.edited:.1f}% | "
-                         f"{100 * r.drop:+.1f} pts | {r.images} |")
+            drop = 100 * r.drop if pct else r.drop
+            lines.append(f"| {r.prompt_set} | {r.key} | {fmt(r.base)} | {fmt(r.edited)} | {drop:+.1f}{unit} | {r.images} |")
+        for model, counts in self.counts.items():
+            if counts:
+                lines.append(f"\n{model}: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
         return "\n".join(lines) + "\n"
 
 
-def toy_prompt_sets(concepts: list[str], keep: list[str]) -> dict[str, dict[str, list[str]]]:
-    """Prompts by set ("erased", "paraphrase", "kept") and concept. Objects: "a <colour> <object>"
-    for every colour; styles: "a <style> <colour> <object>" for every object and two colours;
-    paraphrases use the concept's synonym; ``keep`` defaults to every other concept of that kind."""
+# ---------------------------------------------------------------------------- prompt sets
+
+def toy_prompt_sets(concepts: list[str], keep: list[str], seed: int = 0) -> dict[str, dict[str, list[PromptRow]]]:
+    """Rows by set and concept. Objects: "a <colour> <object>" for every colour; styles:
+    "a <style> <colour> <object>" for every object and two colours; paraphrases use the
+    concept's synonym; ``keep`` defaults to every other concept of that kind."""
     from .toy.world import COLOUR_NAMES, OBJECTS, STYLES, parse_prompt
 
-    def attribute_prompts(concept: str, word_index: int = 0) -> tuple[str, list[str]]:
+    def attribute_rows(concept: str, word_index: int = 0) -> tuple[str, list[PromptRow]]:
         obj, _, style = parse_prompt(concept)
         if obj is not None:
             word = OBJECTS[obj][min(word_index, len(OBJECTS[obj]) - 1)]
-            return obj, [f"a {c} {word}" for c in COLOUR_NAMES]
-        if style is not None:
+            key, prompts = obj, [f"a {c} {word}" for c in COLOUR_NAMES]
+        elif style is not None:
             word = STYLES[style][min(word_index, len(STYLES[style]) - 1)]
-            return style, [f"a {word} {c} {o}" for o in OBJECTS for c in COLOUR_NAMES[:2]]
-        raise ConfigError(f"'{concept}' is not a toy-world object or style; choose from "
-                          f"{', '.join(list(OBJECTS) + [s for s in STYLES if s != 'plain'])}")
+            key, prompts = style, [f"a {word} {c} {o}" for o in OBJECTS for c in COLOUR_NAMES[:2]]
+        else:
+            raise ConfigError(f"'{concept}' is not a toy-world object or style; choose from "
+                              f"{', '.join(list(OBJECTS) + [s for s in STYLES if s != 'plain'])}")
+        return key, [PromptRow(p, seed, key, target=key, paraphrase=word_index > 0) for p in prompts]
 
-    sets: dict[str, dict[str, list[str]]] = {"erased": {}, "paraphrase": {}, "kept": {}}
+    sets: dict[str, dict[str, list[PromptRow]]] = {s: {} for s in SETS}
     for concept in concepts:
-        key, prompts = attribute_prompts(concept)
-        sets["erased"][key] = prompts
-        sets["paraphrase"][key] = attribute_prompts(concept, 1)[1]
+        key, rows = attribute_rows(concept)
+        sets["erased"][key] = rows
+        sets["paraphrase"][key] = attribute_rows(concept, 1)[1]
     if not keep:  # everything of the same kind that was not erased
         erased = set(sets["erased"])
-        kind = OBJECTS if set(erased) <= set(OBJECTS) else STYLES
+        kind = OBJECTS if erased <= set(OBJECTS) else STYLES
         keep = [k for k in kind if k not in erased and k != "plain"]
     for k in keep:
-        key, prompts = attribute_prompts(k)
-        sets["kept"][key] = prompts
+        key, rows = attribute_rows(k)
+        sets["kept"][key] = rows
     return sets
 
 
-def evaluate(edited_dir: str | Path, *, base_model: str | None = None, concepts: list[str] | None = None,
-             keep: list[str] | None = None, n: int = 8, seed: int = 0, output_dir: str | Path | None = None,
-             config: GenerationConfig | None = None, update: bool = True) -> EvalReport:
-    """Score an erase output against its base model (see module docstring)."""
-    from .toy import load_judge, prompt_rates
-    from .toy.world import parse_prompt
+def csv_prompt_sets(names: list[str], concepts: list[str], keep: list[str], seed: int = 0
+                    ) -> dict[str, dict[str, list[PromptRow]]]:
+    """Rows of the named sets/CSVs by set and concept: rows whose concept names an erased
+    concept are "erased" ("paraphrase" for synonym rows), the others "kept" (only those naming
+    a ``keep`` concept, when given)."""
+    rows = [r for name in names for r in load_prompts(name, seed)]
+    sets: dict[str, dict[str, list[PromptRow]]] = {s: {} for s in SETS}
+    for r in rows:
+        if any(concept_matches(r.concept, c) for c in concepts):
+            set_name = "paraphrase" if r.paraphrase else "erased"
+        elif r.paraphrase or (keep and not any(concept_matches(r.concept, k) for k in keep)):
+            continue
+        else:
+            set_name = "kept"
+        sets[set_name].setdefault(r.concept, []).append(r)
+    if not sets["erased"]:
+        found = sorted({r.concept for r in rows})
+        raise ConfigError(f"no prompt in {', '.join(map(str, names))} is for {', '.join(repr(c) for c in concepts)}; "
+                          f"its concepts are {', '.join(found[:12])}: pass --concept naming one of them")
+    return sets
 
+
+# ---------------------------------------------------------------------------- measuring
+
+@dataclass
+class Measurement:
+    """Scores of one model's images, by set and concept, plus a few images for the grids."""
+
+    values: dict[str, dict[str, list[float]]]
+    counts: dict[str, int]
+    grid: dict[str, list[tuple[str, np.ndarray]]]  # set -> [(prompt, images)]
+
+
+def _thumbnails(images: np.ndarray) -> np.ndarray:
+    if images.shape[1] <= GRID_PIXELS:
+        return images
+    pil = [Image.fromarray((np.clip(im, 0, 1) * 255).round().astype(np.uint8)).resize((GRID_PIXELS, GRID_PIXELS), Image.LANCZOS)
+           for im in images]
+    return np.stack([np.asarray(p, dtype=np.float32) / 255 for p in pil])
+
+
+def grid_rows(groups: dict[str, list[PromptRow]]) -> list[PromptRow]:
+    """The rows shown in a set's grid: the first of each concept, then the next, up to GRID_PROMPTS."""
+    order = [r for i in range(max(map(len, groups.values()), default=0)) for g in groups.values() if i < len(g) for r in [g[i]]]
+    return order[:GRID_PROMPTS]
+
+
+def measure(base: BaseModel, sets: dict[str, dict[str, list[PromptRow]]], scorer: Scorer, n: int,
+            config: GenerationConfig | None = None, unet=None) -> Measurement:
+    """Generate ``n`` images per row (with ``unet`` instead of the base's, if given) and score
+    them. Rows sharing a seed are generated in one batched call; images are scored and dropped
+    as they come, except those the grids show."""
+    values: dict[str, dict[str, list[float]]] = {}
+    counts: dict[str, int] = {}
+    grid: dict[str, list[tuple[str, np.ndarray]]] = {}
+    for set_name, groups in sets.items():
+        shown = set(map(id, grid_rows(groups)))
+        rows = [r for g in groups.values() for r in g]
+        by_seed: dict[int, list[PromptRow]] = {}
+        for r in rows:
+            by_seed.setdefault(r.seed, []).append(r)
+        kept_images: dict[int, np.ndarray] = {}
+        values[set_name] = {key: [] for key in groups}
+        for seed, batch in by_seed.items():
+            images = generate(base, [r.prompt for r in batch], n=n, seed=seed, config=config, unet=unet)
+            scores = scorer.score(images, [r for r in batch for _ in range(n)])
+            for k, v in scores.counts.items():
+                counts[k] = counts.get(k, 0) + v
+            for j, r in enumerate(batch):
+                values[set_name][r.concept].extend(scores.values[j * n:(j + 1) * n].tolist())
+                if id(r) in shown:
+                    kept_images[id(r)] = _thumbnails(images[j * n:j * n + min(n, GRID_IMAGES)])
+        grid[set_name] = [(r.prompt, kept_images[id(r)]) for r in grid_rows(groups)]
+    return Measurement(values, counts, grid)
+
+
+def compare(base: Measurement, edited: Measurement) -> list[EvalRow]:
+    return [EvalRow(s, key, float(np.mean(base.values[s][key])), float(np.mean(edited.values[s][key])),
+                    len(edited.values[s][key]))
+            for s in SETS if s in edited.values for key in edited.values[s]]
+
+
+def save_grids(base: Measurement, edited: Measurement, out: Path, title: str) -> None:
+    for set_name, shown in edited.grid.items():
+        if not shown:
+            continue
+        cells, labels = [], []
+        for (prompt, b), (_, e) in zip(base.grid[set_name], shown):
+            cells += [b, e]
+            labels += [f"base: {prompt[:60]}", f"edited: {prompt[:60]}"]
+        k = max(len(c) for c in cells)
+        cells = [np.concatenate([c, np.ones((k - len(c), *c.shape[1:]), np.float32)]) for c in cells]  # pad short rows
+        scale = max(1, 128 // cells[0].shape[1])
+        image_grid(np.concatenate(cells), columns=k, row_labels=labels, scale=scale,
+                   title=f"{set_name}: base vs edited ({title})").save(out / f"grid_{set_name}.png")
+
+
+# ---------------------------------------------------------------------------- evaluate, sweep
+
+def _sampler(base: BaseModel, steps: int | None, guidance: float | None) -> GenerationConfig:
+    """The model's own sampler settings (the protocol), with explicit overrides."""
+    config = GenerationConfig.for_model(base)
+    config.num_inference_steps = steps or config.num_inference_steps
+    config.guidance_scale = config.guidance_scale if guidance is None else guidance
+    return config.validate()
+
+
+@dataclass
+class _Plan:
+    base: BaseModel
+    sets: dict[str, dict[str, list[PromptRow]]]
+    scorer: Scorer
+    protocol: dict
+
+
+def _plan(manifest: dict, base_model: str | None, concepts: list[str] | None, keep: list[str] | None,
+          prompts: list[str] | None, scorer: str | None, seed: int, scorer_options: dict) -> _Plan:
+    base = load_base(base_model or manifest["base_model"])
+    concepts = list(concepts or manifest["concepts"])
+    if prompts:
+        sets = csv_prompt_sets(list(prompts), concepts, list(keep or []), seed)
+        scorer = scorer or DEFAULT_SCORER.get(str(prompts[0]), "clip")
+    elif base.family == "toy":
+        sets, scorer = toy_prompt_sets(concepts, list(keep or []), seed), scorer or "toy"
+    else:
+        raise ConfigError("a real model is scored on the paper's prompt sets: pass --prompts "
+                          "vangogh|artists|imagenette|nudity (or a CSV), e.g. --prompts vangogh --prompts artists")
+    device = scorer_options.pop("device", None) or base.unet.device
+    built = make_scorer(scorer, device=device, **scorer_options)
+    protocol = {"prompts": [str(p) for p in prompts] if prompts else "toy world", "concepts": concepts,
+                **built.describe(), "is_rate": built.is_rate}
+    return _Plan(base, sets, built, protocol)
+
+
+def evaluate(edited_dir: str | Path, *, base_model: str | None = None, concepts: list[str] | None = None,
+             keep: list[str] | None = None, prompts: list[str] | None = None, scorer: str | None = None,
+             clip_model: str | Path | None = None, classifier_model: str | Path | None = None,
+             nudenet_threshold: float = NUDENET_THRESHOLD, n: int = 8, seed: int = 0,
+             output_dir: str | Path | None = None, steps: int | None = None, guidance: float | None = None,
+             update: bool = True) -> EvalReport:
+    """Score an erase output against its base model (see module docstring).
+
+    Args:
+        edited_dir: the directory `esd-sdk erase` wrote.
+        base_model: the base model [the manifest's].
+        concepts: the erased concepts to look for [the manifest's].
+        keep: concepts that should survive [toy: every other of the same kind; CSVs: every other row].
+        prompts: bundled prompt-set names or CSV paths [toy world: built from its vocabulary].
+        scorer: `toy`, `clip`, `nudenet` or `resnet` [toy judge; else by the first prompt set].
+        clip_model, classifier_model: local transformers directories for the clip/resnet scorers.
+        n: images per prompt. seed: the toy world's first seed (CSV rows carry their own).
+        output_dir: report directory [``edited_dir/eval``].
+        steps, guidance: sampler overrides [the model's own: the protocol].
+        update: write the scores into the artifact's esd.json and model card.
+    """
     edited_dir = Path(edited_dir)
     manifest = load_manifest(edited_dir)
-    base = load_base(base_model or manifest["base_model"])
-    if base.family != "toy":
-        raise UnsupportedModelError("scoring needs a judge: only the toy world's is bundled so far; "
-                                    "evaluate toy-world edits, or score real-model images with your own classifier")
-    concepts = concepts or manifest["concepts"]
-    sets = toy_prompt_sets(concepts, keep or [])
-    config = config or GenerationConfig.for_model(base)
-    unet = load_edited_unet(edited_dir)
-    judge = load_judge()
-    report = EvalReport(edited_dir=str(edited_dir), base_model=base.source, n_per_prompt=n, seed=seed,
-                        sampler={"scheduler": type(base.pipeline.scheduler).__name__, **asdict(config)})
+    options = dict(clip_model=clip_model, classifier_model=classifier_model, nudenet_threshold=nudenet_threshold)
+    plan = _plan(manifest, base_model, concepts, keep, prompts, scorer, seed, options)
+    config = _sampler(plan.base, steps, guidance)
+    unet = load_edited_unet(edited_dir).to(plan.base.unet.device)
     out = Path(output_dir) if output_dir is not None else edited_dir / "eval"
     out.mkdir(parents=True, exist_ok=True)
-    for set_name, groups in sets.items():
-        prompts = [p for group in groups.values() for p in group]
-        images = {name: generate(base, prompts, n=n, seed=seed, config=config, unet=u)
-                  for name, u in (("base", None), ("edited", unet))}
-        i = 0
-        for key, group in groups.items():
-            rates = {name: [] for name in images}
-            for prompt in group:
-                obj, _, style = parse_prompt(prompt)
-                attribute = "object" if obj is not None else "style"
-                for name, imgs in images.items():
-                    rates[name].append(prompt_rates(judge, imgs[i * n:(i + 1) * n], prompt)[attribute])
-                i += 1
-            report.rows.append(EvalRow(set_name, key, float(np.mean(rates["base"])), float(np.mean(rates["edited"])),
-                                       n * len(group)))
-        # grid: for each prompt, its base images then its edited images (first 8 of each)
-        k = min(n, 8)
-        cells, row_labels = [], []
-        for j, prompt in enumerate(prompts):
-            for name in ("base", "edited"):
-                cells.append(images[name][j * n:j * n + k])
-                row_labels.append(f"{name}: {prompt}")
-        image_grid(np.concatenate(cells), columns=k, row_labels=row_labels,
-                   title=f"{set_name}: base vs edited ({edited_dir.name})").save(out / f"grid_{set_name}.png")
+    before = measure(plan.base, plan.sets, plan.scorer, n, config)
+    after = measure(plan.base, plan.sets, plan.scorer, n, config, unet=unet)
+    report = EvalReport(edited_dir=str(edited_dir), base_model=plan.base.source, n_per_prompt=n, seed=seed,
+                        sampler={"scheduler": type(plan.base.pipeline.scheduler).__name__, **asdict(config)},
+                        protocol=plan.protocol, rows=compare(before, after),
+                        counts={"base": before.counts, "edited": after.counts} if after.counts or before.counts else {})
+    save_grids(before, after, out, edited_dir.name)
     (out / "eval.json").write_text(json.dumps({**asdict(report), "summary": report.summary()}, indent=2) + "\n")
     (out / "eval.md").write_text(report.markdown())
     if update:
-        update_manifest(edited_dir, {"toy_judge": {**report.summary(), "n_per_prompt": n, "seed": seed,
-                                                   "rows": [asdict(r) for r in report.rows]}})
+        update_manifest(edited_dir, {plan.scorer.name if plan.scorer.name != "toy" else "toy_judge": {
+            **report.summary(), "n_per_prompt": n, "seed": seed, "protocol": plan.protocol,
+            "rows": [asdict(r) for r in report.rows], **({"counts": report.counts} if report.counts else {})}})
     return report
+
+
+@dataclass
+class SweepReport:
+    edited_dir: str
+    base_model: str
+    erase_config: dict  # the artifact's settings; only negative_guidance varies
+    protocol: dict
+    n_per_prompt: int
+    base: dict  # summary of the base model's scores
+    points: list[dict] = field(default_factory=list)  # per eta: summary, rows, erase seconds, weights hash
+
+    def markdown(self) -> str:
+        pct = self.protocol.get("is_rate", True)
+        fmt = (lambda v: "-" if v is None else f"{100 * v:.1f}%") if pct else (lambda v: "-" if v is None else f"{v:.2f}")  # noqa: E731
+        lines = [f"η sweep of {self.edited_dir} ({self.protocol.get('metric')}, {self.n_per_prompt} images per prompt)", "",
+                 "| η | erased | paraphrase | kept | max kept drop | erase s |", "| --- | --- | --- | --- | --- | --- |",
+                 f"| base | {fmt(self.base['erased_base'])} | {fmt(self.base['paraphrase_base'])} | "
+                 f"{fmt(self.base['kept_base'])} | - | - |"]
+        for p in self.points:
+            s = p["summary"]
+            lines.append(f"| {p['eta']:g} | {fmt(s['erased'])} | {fmt(s['paraphrase'])} | {fmt(s['kept'])} | "
+                         f"{fmt(s['max_kept_drop'])} | {p['erase_seconds']:.0f} |")
+        return "\n".join(lines) + "\n"
+
+
+def sweep(edited_dir: str | Path, etas: list[float], *, base_model: str | None = None,
+          concepts: list[str] | None = None, keep: list[str] | None = None, prompts: list[str] | None = None,
+          scorer: str | None = None, clip_model: str | Path | None = None, classifier_model: str | Path | None = None,
+          nudenet_threshold: float = NUDENET_THRESHOLD, n: int = 8, seed: int = 0,
+          output_dir: str | Path | None = None, steps: int | None = None, guidance: float | None = None,
+          device: str | None = None, progress: bool = False) -> SweepReport:
+    """Re-run the artifact's erase (its manifest's settings) at each negative guidance η, score
+    every result like `evaluate` (the base model's images once), and write sweep.json, sweep.md
+    and sweep.png (rates against η, and the erasure/interference trade-off) to ``output_dir``
+    [``edited_dir/sweep``]. The artifact itself is not changed."""
+    from .config import EraseConfig
+    from .erase import train
+
+    if not etas or any(not e > 0 for e in etas):
+        raise ConfigError(f"η values must be > 0, got {etas}: e.g. --eta 0.5 --eta 1 --eta 2")
+    edited_dir = Path(edited_dir)
+    manifest = load_manifest(edited_dir)
+    erase_config = EraseConfig.from_dict(manifest["config"])
+    options = dict(clip_model=clip_model, classifier_model=classifier_model, nudenet_threshold=nudenet_threshold)
+    plan = _plan(manifest, base_model, concepts, keep, prompts, scorer, seed, options)
+    config = _sampler(plan.base, steps, guidance)
+    out = Path(output_dir) if output_dir is not None else edited_dir / "sweep"
+    out.mkdir(parents=True, exist_ok=True)
+    before = measure(plan.base, plan.sets, plan.scorer, n, config)
+    base_summary = EvalReport("", "", n, seed, {}, plan.protocol, compare(before, before)).summary()
+    report = SweepReport(str(edited_dir), plan.base.source, erase_config.to_dict(), plan.protocol, n, base_summary)
+    original = copy.deepcopy(plan.base.unet.state_dict())  # train() edits the base UNet in place
+    try:
+        for eta in sorted(etas):
+            state = train(plan.base, replace(erase_config, negative_guidance=float(eta)), device=device, progress=progress)
+            after = measure(plan.base, plan.sets, plan.scorer, n, config, unet=state.unet)
+            rows = compare(before, after)
+            report.points.append({"eta": float(eta), "erase_seconds": round(state.seconds, 1),
+                                  "edited_hash": weights_hash(state.unet),
+                                  "summary": EvalReport("", "", n, seed, {}, plan.protocol, rows).summary(),
+                                  "rows": [asdict(r) for r in rows]})
+            logger.info("eta %g: %s", eta, report.points[-1]["summary"])
+            plan.base.unet.load_state_dict(original)
+    finally:
+        plan.base.unet.load_state_dict(original)
+    (out / "sweep.json").write_text(json.dumps(asdict(report), indent=2) + "\n")
+    (out / "sweep.md").write_text(report.markdown())
+    plot_sweep(report, out / "sweep.png")
+    return report
+
+
+# ---------------------------------------------------------------------------- plot
+
+def plot_sweep(report: SweepReport, path: str | Path) -> None:
+    """Two panels drawn with PIL (no plotting dependency): the erased, paraphrase and kept
+    scores against η (base levels dashed), and kept score against erased score, one point per η
+    (the paper's erasure/interference trade-off: up and to the left is better)."""
+    font = ImageFont.load_default()
+    w, h, m = 420, 320, 48  # panel size and margin
+    img = Image.new("RGB", (2 * w, h + 30), "white")
+    draw = ImageDraw.Draw(img)
+    pct = report.protocol.get("is_rate", True)
+    series = {"erased": (200, 40, 40), "paraphrase": (230, 140, 20), "kept": (40, 90, 200)}
+    values = [p["summary"][k] for p in report.points for k in series if p["summary"][k] is not None]
+    values += [report.base[f"{k}_base"] for k in series if report.base[f"{k}_base"] is not None]
+    top = 1.0 if pct else max(values + [1e-6]) * 1.1
+    etas = [p["eta"] for p in report.points]
+
+    def axes(x0: int, xlabel: str, xticks: list[tuple[float, str]], ylabel: str) -> None:
+        draw.rectangle([x0 + m, 20, x0 + w - 10, h - m + 20], outline="black")
+        for i in range(5):
+            v = top * i / 4
+            y = _ypos(v, top, h, m)
+            draw.line([x0 + m - 4, y, x0 + m, y], fill="black")
+            draw.text((x0 + 4, y - 6), f"{100 * v:.0f}%" if pct else f"{v:.1f}", fill="black", font=font)
+        for x, label in xticks:
+            draw.line([x0 + x, h - m + 20, x0 + x, h - m + 24], fill="black")
+            draw.text((x0 + x - 8, h - m + 26), label, fill="black", font=font)
+        draw.text((x0 + w // 2 - 20, h - 4), xlabel, fill="black", font=font)
+        draw.text((x0 + m + 4, 4), ylabel, fill="black", font=font)
+
+    xs = {eta: m + 20 + i * (w - m - 50) / max(1, len(etas) - 1) for i, eta in enumerate(etas)}
+    axes(0, "eta (negative guidance)", [(x, f"{e:g}") for e, x in xs.items()], report.protocol.get("metric", "rate"))
+    for j, (name, colour) in enumerate(series.items()):
+        pts = [(xs[p["eta"]], _ypos(p["summary"][name], top, h, m)) for p in report.points if p["summary"][name] is not None]
+        if len(pts) > 1:
+            draw.line(pts, fill=colour, width=2)
+        for x, y in pts:
+            draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=colour)
+        b = report.base[f"{name}_base"]
+        if b is not None:
+            y = _ypos(b, top, h, m)
+            for x in range(m, w - 10, 8):
+                draw.line([x, y, x + 4, y], fill=colour)
+        draw.text((m + 150 + 80 * j, 4), f"-- {name}", fill=colour, font=font)
+    # trade-off panel: x = erased score (left = more erased), y = kept score
+    x0 = w
+    xscale = lambda v: m + 10 + v / top * (w - m - 70)  # noqa: E731
+    axes(x0, "erased concept score (left is more erased)", [(xscale(top * i / 4), f"{100 * top * i / 4:.0f}%" if pct else f"{top * i / 4:.1f}")
+                                                             for i in range(5)], "kept score")
+    pts = [(x0 + xscale(p["summary"]["erased"]), _ypos(p["summary"]["kept"], top, h, m), p["eta"])
+           for p in report.points if p["summary"]["kept"] is not None]
+    if len(pts) > 1:
+        draw.line([(x, y) for x, y, _ in pts], fill=(90, 90, 90), width=1)
+    for x, y, eta in pts:
+        draw.ellipse([x - 4, y - 4, x + 4, y + 4], fill=(40, 90, 200))
+        draw.text((x + 6, y - 12), f"eta={eta:g}", fill="black", font=font)
+    if report.base["erased_base"] is not None and report.base["kept_base"] is not None:
+        x, y = x0 + xscale(report.base["erased_base"]), _ypos(report.base["kept_base"], top, h, m)
+        draw.rectangle([x - 4, y - 4, x + 4, y + 4], outline="black")
+        draw.text((x - 30, y + 6), "base", fill="black", font=font)
+    img.save(path)
+
+
+def _ypos(v: float, top: float, h: int, m: int) -> float:
+    return 20 + (1 - v / top) * (h - m - 10) + 5
