@@ -15,6 +15,13 @@ Where the time goes: step 1 is ~ddim_steps/2 guided UNet calls, so it runs batch
 uncond in one call), without autograd, in the low precision. The frozen model is the same
 module with the original values of the trained tensors swapped in (torch.func.functional_call),
 so no second UNet is held; only the trained tensors get gradients.
+
+Memory in bf16/fp16: autocast computes every Linear/Conv in the low precision, and it re-casts
+frozen fp32 weights on every call (it caches casts only for leaf tensors that require grad).
+So the engine stores the frozen Linear/Conv weights and biases in the low precision for the
+run: the same values autocast would compute with (bit-identical predictions), half the memory,
+and no per-call casts. Their exact fp32 values wait in an unlinked temporary file and are put
+back when training ends (also on error or Ctrl-C); the trained tensors keep fp32 masters.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import contextlib
 import json
 import logging
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,6 +81,54 @@ def resolve_config(config: EraseConfig, base: BaseModel, explicit: set[str] = fr
     return config.validate()
 
 
+class _LowPrecisionFrozen:
+    """Frozen Linear/Conv weights and biases stored in the autocast dtype while training.
+
+    Autocast would cast them to that dtype on every call anyway, so predictions are unchanged.
+    The exact fp32 originals are written, one tensor at a time, to an unlinked temporary file
+    and read back by `restore`. The other fp32 tensors (norms, trained tensors) are re-homed in
+    fresh memory so that nothing keeps the loader's buffer (e.g. a memory map of the whole
+    checkpoint) alive.
+    """
+
+    LAYERS = (torch.nn.Linear, torch.nn.modules.conv._ConvNd)
+
+    def __init__(self, module: torch.nn.Module, dtype: torch.dtype, trained: set[int]):
+        self.file = tempfile.TemporaryFile(prefix="esd-fp32-")
+        self.entries: list[tuple[torch.nn.Parameter, int, torch.Size]] = []
+        seen: set[int] = set()
+        try:
+            for layer in module.modules():
+                if not isinstance(layer, self.LAYERS):
+                    continue
+                for p in layer.parameters(recurse=False):
+                    if id(p) in seen or id(p) in trained or p.dtype != torch.float32:
+                        continue
+                    seen.add(id(p))
+                    cpu = p.detach().to("cpu").contiguous()
+                    offset = self.file.tell()
+                    self.file.write(memoryview(cpu.numpy()).cast("B"))
+                    self.entries.append((p, offset, p.shape))
+                    p.data = p.data.to(dtype)
+            with torch.no_grad():
+                for t in [*module.parameters(), *module.buffers()]:
+                    if id(t) not in seen:
+                        t.data = t.data.clone()
+        except BaseException:
+            self.restore()
+            raise
+
+    def restore(self) -> None:
+        """Put the exact fp32 values back (idempotent)."""
+        for p, offset, shape in self.entries:
+            exact = torch.empty(shape, dtype=torch.float32)
+            self.file.seek(offset)
+            self.file.readinto(memoryview(exact.numpy()).cast("B"))
+            p.data = exact.to(p.device)
+        self.entries = []
+        self.file.close()
+
+
 def _autocast(device: torch.device, precision: str):
     if precision == "fp32":
         return contextlib.nullcontext()
@@ -104,6 +160,7 @@ class _Trainer:
         only_layers = config.method in ("x", "x-strict", "u", "self", "all")
         frozen_dtype = low if (low is not None and only_layers) else torch.float32
         self.frozen = {n: v.to(device=device, dtype=frozen_dtype) for n, v in self.original.items()}
+        self.low_store = _LowPrecisionFrozen(self.unet, low, {id(p) for p in self.trained.values()}) if low else None
         use_ckpt = config.gradient_checkpointing if config.gradient_checkpointing is not None else device.type == "cuda"
         if use_ckpt:
             self.unet.enable_gradient_checkpointing()
@@ -203,6 +260,12 @@ class _Trainer:
         self.losses.append(loss.item())
         return self.losses[-1]
 
+    def release(self) -> None:
+        """Training is over: the UNet gets its exact fp32 frozen weights back."""
+        if self.low_store is not None:
+            self.low_store.restore()
+            self.low_store = None
+
     # -- checkpoints ---------------------------------------------------------------------------
 
     def save_checkpoint(self) -> None:
@@ -276,15 +339,16 @@ def train(base: BaseModel, config: EraseConfig, device: str | torch.device | Non
     config.validate()
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     trainer = _Trainer(base, config, device, checkpoint_dir)
-    if resume:
-        if checkpoint_dir is None or not (checkpoint_dir / "state.json").is_file():
-            raise ConfigError(f"nothing to resume: no checkpoint in {checkpoint_dir}; run without --resume")
-        trainer.load_checkpoint()
-    logger.info("training %s", trainer.selection.summary())
     t0 = time.perf_counter()
-    bar = tqdm(total=config.steps, initial=trainer.step, desc=f"ESD-{config.method} {config.concepts[0]!r}",
-               disable=not progress, unit="step")
+    bar = None
     try:
+        if resume:
+            if checkpoint_dir is None or not (checkpoint_dir / "state.json").is_file():
+                raise ConfigError(f"nothing to resume: no checkpoint in {checkpoint_dir}; run without --resume")
+            trainer.load_checkpoint()
+        logger.info("training %s", trainer.selection.summary())
+        bar = tqdm(total=config.steps, initial=trainer.step, desc=f"ESD-{config.method} {config.concepts[0]!r}",
+                   disable=not progress, unit="step")
         while trainer.step < config.steps:
             loss = trainer.train_step()
             bar.update(1)
@@ -296,7 +360,9 @@ def train(base: BaseModel, config: EraseConfig, device: str | torch.device | Non
         where = f"checkpoint saved to {checkpoint_dir}; continue with --resume" if checkpoint_dir else "no checkpoint directory"
         raise EraseInterrupted(f"interrupted at step {trainer.step}/{config.steps}: {where}") from e
     finally:
-        bar.close()
+        if bar is not None:
+            bar.close()
+        trainer.release()
     for p in trainer.trained.values():
         p.requires_grad_(False)
     if hasattr(trainer.unet, "disable_gradient_checkpointing"):

@@ -170,3 +170,38 @@ def test_config_validation(changes, message):
 def test_config_rejects_unknown_keys():
     with pytest.raises(ConfigError, match="unknown erase setting"):
         EraseConfig.from_dict({"concepts": ["x"], "learning_rate": 1})
+
+
+def test_bf16_stores_frozen_layers_low_and_restores_them_exactly(tiny_sd):
+    """Frozen Linear/Conv tensors are held in bf16 while training (autocast computes them in bf16
+    anyway); the trained tensors keep fp32 masters; afterwards every frozen tensor is bit-exact."""
+    base = load_base(tiny_sd)
+    before = _params(base.unet)
+    trainer = _Trainer(base, EraseConfig(concepts=["circle"], precision="bf16", **FAST), torch.device("cpu"), None)
+    params = dict(trainer.unet.named_parameters())
+    assert all(params[n].dtype == torch.float32 for n in trainer.trained)
+    assert params["conv_in.weight"].dtype == torch.bfloat16
+    assert any(n.endswith("norm1.weight") and p.dtype == torch.float32 for n, p in params.items())
+    trainer.train_step()
+    trainer.release()
+    after = _params(trainer.unet)
+    assert all(p.dtype == torch.float32 for p in after.values())
+    assert all(torch.equal(before[n], after[n]) for n in before if n not in trainer.trained)
+
+
+def test_low_precision_storage_leaves_the_losses_unchanged(tiny_sdxl, monkeypatch):
+    from esd_sdk import erase as engine
+
+    config = dict(concepts=["circle"], precision="bf16", method="u", **FAST)
+    stored_low = train(load_base(tiny_sdxl), EraseConfig(**config), progress=False)
+    monkeypatch.setattr(engine._LowPrecisionFrozen, "LAYERS", ())  # autocast casts fp32 weights per call
+    cast_per_call = train(load_base(tiny_sdxl), EraseConfig(**config), progress=False)
+    assert stored_low.losses == cast_per_call.losses
+
+
+def test_frozen_weights_are_restored_when_training_fails(tiny_sd):
+    base = load_base(tiny_sd)
+    before = _params(base.unet)
+    with pytest.raises(NonFiniteLossError):
+        train(base, EraseConfig(concepts=["circle"], precision="bf16", negative_guidance=1e38, **FAST), progress=False)
+    assert all(p.dtype == torch.float32 and torch.equal(p, before[n]) for n, p in base.unet.named_parameters())
