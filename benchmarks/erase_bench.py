@@ -1,6 +1,6 @@
 """ESD erase engine vs a plain faithful implementation: step time and peak memory.
 
-    python benchmarks/erase_bench.py                       # CPU, mid-size UNet (~13M params), engine bf16 + checkpointing
+    python benchmarks/erase_bench.py                       # CPU, mid-size UNet (51M params), engine bf16 + checkpointing
     python benchmarks/erase_bench.py --precision fp32 --checkpointing 0   # the engine's structure alone
     python benchmarks/erase_bench.py --mode gpu            # CUDA, SD 1.x UNet architecture, 512x512, bf16
 
@@ -8,9 +8,19 @@ Step time: both implementations live in one process and take steps in turn (engi
 engine, ...) from the same seed, so step i of both runs the same trajectory length t_enc; the
 report gives the median of the per-step ratios and their interquartile range.
 Peak memory: each implementation runs alone in a child process (one at a time, same model),
-which reports its peak while taking steps (CPU: VmHWM, reset after loading, above the RSS once
-the libraries are imported; GPU:
-torch.cuda.max_memory_allocated). Writes JSON and Markdown next to --out.
+which reports its peak while taking steps. CPU: the process's high-water RSS (VmHWM) above its
+RSS once the libraries are imported, measured the same way for both: both load the same base
+model (diffusers memory-maps the safetensors file, so the loaded weights are file-backed RSS),
+build their training state, return freed heap pages (malloc_trim) and reset the high-water mark;
+the peak then counts everything held while taking steps: weights (file-backed or not), optimizer
+state, step transients, allocator fragmentation and library caches (oneDNN primitives). The
+RssAnon/RssFile split at the end of the steps is reported alongside. GPU:
+torch.cuda.max_memory_allocated. Writes JSON and Markdown next to --out.
+
+What the engine holds, ESD-x in bf16 on the mid-size UNet: the frozen Linear/Conv weights in bf16
+(autocast computes them in bf16 anyway; exact fp32 values wait on disk until training ends),
+fp32 masters, gradients and Adam moments for the trained cross-attention tensors only, and the
+trained tensors' original values; the reference holds two fp32 UNets.
 """
 
 from __future__ import annotations
@@ -64,6 +74,7 @@ def child(args) -> None:
     import esd_sdk.reference  # noqa: F401
 
     before = _rss_kib("VmRSS")
+    before_anon, before_file = _rss_kib("RssAnon"), _rss_kib("RssFile")
     step = _setup(args, Path(args.model_dir), args.child)
     if args.device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
@@ -84,6 +95,8 @@ def child(args) -> None:
         out["peak_bytes"] = torch.cuda.max_memory_allocated()
     else:
         out["peak_bytes"] = (_rss_kib("VmHWM") - before) * 1024
+        out["end_rss_anon_bytes"] = (_rss_kib("RssAnon") - before_anon) * 1024
+        out["end_rss_file_bytes"] = (_rss_kib("RssFile") - before_file) * 1024
     print("RESULT " + json.dumps(out))
 
 
@@ -136,7 +149,10 @@ def main() -> None:
         if not line:
             sys.exit(f"{impl} child failed:\n{res.stderr[-3000:]}")
         memory[impl] = json.loads(line[0][7:])
-        print(f"{impl}: peak {memory[impl]['peak_bytes'] / 2**20:.0f} MiB", flush=True)
+        extra = (f" (end of steps: RssAnon {memory[impl]['end_rss_anon_bytes'] / 2**20:.0f} MiB, "
+                 f"RssFile {memory[impl]['end_rss_file_bytes'] / 2**20:.0f} MiB)"
+                 if "end_rss_anon_bytes" in memory[impl] else "")
+        print(f"{impl}: peak {memory[impl]['peak_bytes'] / 2**20:.0f} MiB{extra}", flush=True)
 
     # -- time: both in this process, interleaved, same seed -> same t_enc per step
     engine = _setup(args, model_dir, "engine")
@@ -164,6 +180,7 @@ def main() -> None:
         "engine_peak_mib": memory["engine"]["peak_bytes"] / 2**20,
         "reference_peak_mib": memory["reference"]["peak_bytes"] / 2**20,
         "peak_memory_ratio": memory["engine"]["peak_bytes"] / memory["reference"]["peak_bytes"],
+        "memory_detail": memory,
         "engine_steps_per_s": 1 / statistics.median(times["engine"]),
         "torch": torch.__version__,
         "gpu": torch.cuda.get_device_name() if gpu else None,
