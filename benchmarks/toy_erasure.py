@@ -1,11 +1,18 @@
-"""Erasure efficacy and interference on the toy world, measured with the judge.
+"""Erasure efficacy and interference on the toy world, measured with `esd-sdk eval`'s harness.
 
-    python benchmarks/toy_erasure.py                                  # the two reference erasures
-    python benchmarks/toy_erasure.py --concept circle --method u --steps 300 --lr 1e-4
+    python benchmarks/toy_erasure.py                       # all experiments below, 8 images per prompt
+    python benchmarks/toy_erasure.py --only single -n 4    # one experiment, fewer images
 
-For an object concept: the rate at which "a <colour> <object>" images show their object, for
-every object, base vs edited, same seeds. For a style: "a <style> <colour> <object>" images
-showing their style. Writes a JSON report to --out.
+Experiments (each erase uses the toy defaults of `EraseConfig`, seed 0; scoring is
+`esd_sdk.evaluate.evaluate`: same seeds for base and edited, the toy judge):
+
+    single   ESD-u "circle" and ESD-x "striped": erased, paraphrase and kept rates
+    multi    ESD-u on "circle", "square" and "triangle" in one run, without and with
+             --preserve cross/striped/dotted: interference on the kept concepts
+    sweep    `esd_sdk.evaluate.sweep` of the "circle" erase over eta: the trade-off plot
+
+Erase outputs go to --work (not kept); reports (eval.json/eval.md/grids per run, sweep.json/
+sweep.md/sweep.png, and a summary toy_erasure.json/.md) to --out.
 """
 
 from __future__ import annotations
@@ -15,73 +22,72 @@ import json
 import time
 from pathlib import Path
 
-from esd_sdk import GenerationConfig, load_base
 from esd_sdk.config import EraseConfig
-from esd_sdk.erase import resolve_config, train
-from esd_sdk.toy import object_rates
-from esd_sdk.evaluate import toy_prompt_sets
-from esd_sdk.toy.world import OBJECTS, STYLES
+from esd_sdk.erase import erase
+from esd_sdk.evaluate import evaluate, sweep
+
+SINGLE = [("circle", "u"), ("striped", "x")]
+MULTI = ["circle", "square", "triangle"]
+MULTI_KEEP = ["cross", "striped", "dotted"]
+ETAS = [0.25, 0.5, 1.0, 2.0, 4.0]
 
 
-def prompts_for(concept: str) -> tuple[str, dict[str, list[str]], dict[str, list[str]]]:
-    """(attribute, prompts by key for the concept and every other of its kind, paraphrase prompts)."""
-    if concept not in OBJECTS and concept not in STYLES:
-        raise SystemExit(f"'{concept}' is not a toy object or style")
-    sets = toy_prompt_sets([concept], [])
-    return ("object" if concept in OBJECTS else "style"), {**sets["erased"], **sets["kept"]}, sets["paraphrase"]
-
-
-def measure(concept: str, method: str, n: int, overrides: dict, gen: GenerationConfig) -> dict:
-    attribute, by_key, para = prompts_for(concept)
-    base = load_base("toy")
-    before = object_rates(base, by_key, n=n, config=gen, attribute=attribute)
-    before_para = object_rates(base, para, n=n, config=gen, attribute=attribute)
-    config = resolve_config(EraseConfig(concepts=[concept], method=method, **overrides), base, set(overrides))
+def run_erase(work: Path, name: str, **settings) -> tuple[Path, float]:
+    out = work / name
     t0 = time.perf_counter()
-    state = train(base, config, progress=False)
-    seconds = time.perf_counter() - t0
-    after = object_rates(base, by_key, n=n, config=gen, attribute=attribute, unet=state.unet)
-    after_para = object_rates(base, para, n=n, config=gen, attribute=attribute, unet=state.unet)
-    kept = {k: after[k] - before[k] for k in before if k != concept}
-    return {
-        "concept": concept, "method": method, "attribute": attribute, "images_per_key": n * len(by_key[concept]),
-        "settings": config.to_dict(), "erase_seconds": round(seconds, 1),
-        "base": before, "edited": after, "paraphrase_base": before_para, "paraphrase_edited": after_para,
-        "erased_rate": after[concept], "max_kept_drop_points": round(-100 * min(kept.values()), 1),
-    }
+    erase(EraseConfig(**settings), "toy", out, overwrite=True, progress=False, explicit=set())
+    return out, time.perf_counter() - t0
+
+
+def scored(name: str, artifact: Path, seconds: float, out: Path, n: int, **eval_args) -> dict:
+    report = evaluate(artifact, n=n, output_dir=out / name, **eval_args)
+    entry = {"name": name, "erase_seconds": round(seconds, 1), "settings": json.loads((artifact / "esd.json").read_text())["config"],
+             "summary": report.summary(), "rows": [{**r.__dict__, "drop": r.drop} for r in report.rows]}
+    print(json.dumps({"name": name, "erase_seconds": entry["erase_seconds"], **report.summary()}), flush=True)
+    return entry
+
+
+def markdown(entries: list[dict], n: int) -> str:
+    lines = [f"Toy world, {n} images per prompt, toy judge (rates: share of images showing the concept).", "",
+             "| run | set | concept | base | edited | drop |", "| --- | --- | --- | --- | --- | --- |"]
+    for e in entries:
+        for r in e["rows"]:
+            lines.append(f"| {e['name']} | {r['prompt_set']} | {r['key']} | {100 * r['base']:.1f}% | "
+                         f"{100 * r['edited']:.1f}% | {100 * r['drop']:+.1f} pts |")
+    return "\n".join(lines) + "\n"
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--concept", action="append")
-    p.add_argument("--method", action="append")
+    p.add_argument("--only", choices=["single", "multi", "sweep"], action="append", help="experiments to run [all]")
     p.add_argument("-n", type=int, default=8, help="images per prompt")
-    p.add_argument("--steps", type=int)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--eta", type=float)
-    p.add_argument("--ddim-steps", type=int)
-    p.add_argument("--regenerate-every", type=int)
-    p.add_argument("--preserve", action="append")
-    p.add_argument("--gen-steps", type=int, help="sampler steps for the measurement (default: the model's)")
-    p.add_argument("--model", default="toy", help=argparse.SUPPRESS)
-    p.add_argument("--out", type=Path, default=Path("benchmarks/results/toy_erasure.json"))
+    p.add_argument("--eta", type=float, action="append", help=f"sweep values [{ETAS}]")
+    p.add_argument("--work", type=Path, default=Path("runs/toy_erasure"), help="erase outputs")
+    p.add_argument("--out", type=Path, default=Path("benchmarks/results/toy_erasure"))
     args = p.parse_args()
-    concepts = args.concept or ["circle", "striped"]
-    methods = args.method or ["u", "x"]
-    overrides = {k: v for k, v in dict(steps=args.steps, lr=args.lr, negative_guidance=args.eta,
-                                        ddim_steps=args.ddim_steps, regenerate_every=args.regenerate_every,
-                                        preserve=args.preserve).items() if v is not None}
-    gen = GenerationConfig.for_model(load_base(args.model))
-    if args.gen_steps:
-        gen.num_inference_steps = args.gen_steps
-    reports = []
-    for concept, method in zip(concepts, methods):
-        r = measure(concept, method, args.n, overrides, gen)
-        reports.append(r)
-        print(json.dumps({k: r[k] for k in ("concept", "method", "erased_rate", "max_kept_drop_points",
-                                            "erase_seconds", "base", "edited", "paraphrase_edited")}), flush=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(reports, indent=2) + "\n")
+    only = set(args.only or ["single", "multi", "sweep"])
+    args.out.mkdir(parents=True, exist_ok=True)
+    summary_path = args.out / "toy_erasure.json"
+    entries = json.loads(summary_path.read_text()) if summary_path.is_file() else []
+
+    def record(entry: dict) -> None:
+        entries[:] = [e for e in entries if e["name"] != entry["name"]] + [entry]
+        summary_path.write_text(json.dumps(entries, indent=2) + "\n")
+        (args.out / "toy_erasure.md").write_text(markdown(entries, args.n))
+
+    if "single" in only or "sweep" in only:
+        for concept, method in SINGLE if "single" in only else SINGLE[:1]:
+            name = f"esd-{method}-{concept}"
+            artifact, seconds = run_erase(args.work, name, concepts=[concept], method=method)
+            record(scored(name, artifact, seconds, args.out, args.n))
+    if "multi" in only:
+        for preserve in ([], MULTI_KEEP):
+            name = "esd-u-circle+square+triangle" + ("-preserve" if preserve else "")
+            artifact, seconds = run_erase(args.work, name, concepts=MULTI, method="u", preserve=preserve)
+            record(scored(name, artifact, seconds, args.out, args.n, keep=MULTI_KEEP))
+    if "sweep" in only:
+        report = sweep(args.work / "esd-u-circle", args.eta or ETAS, n=args.n, output_dir=args.out / "sweep-esd-u-circle")
+        print(report.markdown(), flush=True)
 
 
 if __name__ == "__main__":

@@ -90,7 +90,7 @@ class EvalReport:
         pct = self.protocol.get("is_rate", True)
         fmt = (lambda v: f"{100 * v:.1f}%") if pct else (lambda v: f"{v:.2f}")  # noqa: E731
         unit = " pts" if pct else ""
-        lines = [f"| set | concept | base | edited | drop | images |  ({metric})", "| --- | --- | --- | --- | --- | --- |"]
+        lines = [f"Scores: {metric}.", "", "| set | concept | base | edited | drop | images |", "| --- | --- | --- | --- | --- | --- |"]
         for r in self.rows:
             drop = 100 * r.drop if pct else r.drop
             lines.append(f"| {r.prompt_set} | {r.key} | {fmt(r.base)} | {fmt(r.edited)} | {drop:+.1f}{unit} | {r.images} |")
@@ -263,8 +263,7 @@ def _plan(manifest: dict, base_model: str | None, concepts: list[str] | None, ke
     else:
         raise ConfigError("a real model is scored on the paper's prompt sets: pass --prompts "
                           "vangogh|artists|imagenette|nudity (or a CSV), e.g. --prompts vangogh --prompts artists")
-    device = scorer_options.pop("device", None) or base.unet.device
-    built = make_scorer(scorer, device=device, **scorer_options)
+    built = make_scorer(scorer, device=base.unet.device, **scorer_options)
     protocol = {"prompts": [str(p) for p in prompts] if prompts else "toy world", "concepts": concepts,
                 **built.describe(), "is_rate": built.is_rate}
     return _Plan(base, sets, built, protocol)
