@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image
 
 from .data import PromptRow, concept_matches, load_prompts
 from .errors import ConfigError
@@ -387,65 +387,29 @@ def sweep(edited_dir: str | Path, etas: list[float], *, base_model: str | None =
 # ---------------------------------------------------------------------------- plot
 
 def plot_sweep(report: SweepReport, path: str | Path) -> None:
-    """Two panels drawn with PIL (no plotting dependency): the erased, paraphrase and kept
-    scores against η (base levels dashed), and kept score against erased score, one point per η
-    (the paper's erasure/interference trade-off: up and to the left is better)."""
-    font = ImageFont.load_default()
-    w, h, m = 420, 320, 48  # panel size and margin
-    img = Image.new("RGB", (2 * w, h + 30), "white")
-    draw = ImageDraw.Draw(img)
+    """Two panels: the erased, paraphrase and kept scores against η (base levels dashed), and
+    kept score against erased score, one point per η (the paper's erasure/interference
+    trade-off: up and to the left is better)."""
+    from .plots import line_chart, side_by_side
+
     pct = report.protocol.get("is_rate", True)
-    series = {"erased": (200, 40, 40), "paraphrase": (230, 140, 20), "kept": (40, 90, 200)}
-    values = [p["summary"][k] for p in report.points for k in series if p["summary"][k] is not None]
-    values += [report.base[f"{k}_base"] for k in series if report.base[f"{k}_base"] is not None]
-    top = 1.0 if pct else max(values + [1e-6]) * 1.1
-    etas = [p["eta"] for p in report.points]
-
-    def axes(x0: int, xlabel: str, xticks: list[tuple[float, str]], ylabel: str) -> None:
-        draw.rectangle([x0 + m, 20, x0 + w - 10, h - m + 20], outline="black")
-        for i in range(5):
-            v = top * i / 4
-            y = _ypos(v, top, h, m)
-            draw.line([x0 + m - 4, y, x0 + m, y], fill="black")
-            draw.text((x0 + 4, y - 6), f"{100 * v:.0f}%" if pct else f"{v:.1f}", fill="black", font=font)
-        for x, label in xticks:
-            draw.line([x0 + x, h - m + 20, x0 + x, h - m + 24], fill="black")
-            draw.text((x0 + x - 8, h - m + 26), label, fill="black", font=font)
-        draw.text((x0 + w // 2 - 20, h - 4), xlabel, fill="black", font=font)
-        draw.text((x0 + m + 4, 4), ylabel, fill="black", font=font)
-
-    xs = {eta: m + 20 + i * (w - m - 50) / max(1, len(etas) - 1) for i, eta in enumerate(etas)}
-    axes(0, "eta (negative guidance)", [(x, f"{e:g}") for e, x in xs.items()], report.protocol.get("metric", "rate"))
-    for j, (name, colour) in enumerate(series.items()):
-        pts = [(xs[p["eta"]], _ypos(p["summary"][name], top, h, m)) for p in report.points if p["summary"][name] is not None]
-        if len(pts) > 1:
-            draw.line(pts, fill=colour, width=2)
-        for x, y in pts:
-            draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=colour)
-        b = report.base[f"{name}_base"]
-        if b is not None:
-            y = _ypos(b, top, h, m)
-            for x in range(m, w - 10, 8):
-                draw.line([x, y, x + 4, y], fill=colour)
-        draw.text((m + 150 + 80 * j, 4), f"-- {name}", fill=colour, font=font)
-    # trade-off panel: x = erased score (left = more erased), y = kept score
-    x0 = w
-    xscale = lambda v: m + 10 + v / top * (w - m - 70)  # noqa: E731
-    axes(x0, "erased concept score (left is more erased)", [(xscale(top * i / 4), f"{100 * top * i / 4:.0f}%" if pct else f"{top * i / 4:.1f}")
-                                                             for i in range(5)], "kept score")
-    pts = [(x0 + xscale(p["summary"]["erased"]), _ypos(p["summary"]["kept"], top, h, m), p["eta"])
-           for p in report.points if p["summary"]["kept"] is not None]
-    if len(pts) > 1:
-        draw.line([(x, y) for x, y, _ in pts], fill=(90, 90, 90), width=1)
-    for x, y, eta in pts:
-        draw.ellipse([x - 4, y - 4, x + 4, y + 4], fill=(40, 90, 200))
-        draw.text((x + 6, y - 12), f"eta={eta:g}", fill="black", font=font)
-    if report.base["erased_base"] is not None and report.base["kept_base"] is not None:
-        x, y = x0 + xscale(report.base["erased_base"]), _ypos(report.base["kept_base"], top, h, m)
-        draw.rectangle([x - 4, y - 4, x + 4, y + 4], outline="black")
-        draw.text((x - 30, y + 6), "base", fill="black", font=font)
-    img.save(path)
-
-
-def _ypos(v: float, top: float, h: int, m: int) -> float:
-    return 20 + (1 - v / top) * (h - m - 10) + 5
+    metric = report.protocol.get("metric", "rate")
+    names = ("erased", "paraphrase", "kept")
+    values = [p["summary"][k] for p in report.points for k in names if p["summary"][k] is not None]
+    values += [report.base[f"{k}_base"] for k in names if report.base[f"{k}_base"] is not None]
+    y_range = (0.0, 1.0) if pct else (0.0, max(values + [1e-6]) * 1.1)
+    series = {k: [(p["eta"], p["summary"][k]) for p in report.points if p["summary"][k] is not None] for k in names}
+    base = {k: report.base[f"{k}_base"] for k in names if report.base[f"{k}_base"] is not None}
+    by_eta = line_chart({k: v for k, v in series.items() if v}, title="scores against eta (dashed: base model)",
+                        x_label="eta (negative guidance)", y_label=metric, y_range=y_range, reference=base,
+                        percent=pct, size=(440, 320))
+    points = [p for p in report.points if p["summary"]["kept"] is not None and p["summary"]["erased"] is not None]
+    trade = {"edited": [(p["summary"]["erased"], p["summary"]["kept"]) for p in points]}
+    labels = {"edited": [f"eta={p['eta']:g}" for p in points]}
+    if "erased" in base and "kept" in base:
+        trade["base"] = [(base["erased"], base["kept"])]
+        labels["base"] = ["base"]
+    trade_off = line_chart(trade, title="trade-off (up and left is better)", x_label="erased concept score",
+                           y_label="kept score", y_range=y_range, x_range=y_range, point_labels=labels, percent=pct,
+                           size=(440, 320))
+    side_by_side(by_eta, trade_off).save(path)
