@@ -10,7 +10,9 @@ drift on a shared machine hits both equally:
   inputs, timestep 500), ``runs`` pairs;
 - end to end: one text-to-image call (``batch`` images, the model's steps and guidance, fixed
   seeds), ``e2e_runs`` pairs.
-Reported: p50/p90/p99 per model, the edited/unedited ratio as the median of per-pair ratios
+Timed calls are separated by a `PAUSE` that is not timed: ONNX Runtime's (and OpenMP's) idle
+worker threads spin for a while after a call, and without the pause the session that just ran
+would take cores from the one being measured. Reported: p50/p90/p99 per model, the edited/unedited ratio as the median of per-pair ratios
 with its interquartile range (folded weights cost nothing: expect 1.00 +- 0.02), and each
 backend's p50 against torch's. Outputs of the two models must differ (else the edit was not
 loaded) and each backend's images must match torch's within `IMAGE_TOLERANCE`.
@@ -41,6 +43,7 @@ logger = logging.getLogger(__name__)
 
 IMAGE_TOLERANCE = {"fp32": 1e-3, "fp16": 5e-2, "bf16": 5e-2}  # max |pixel diff| in [0, 1] against torch fp32
 PROMPT = "a red circle"
+PAUSE = 0.05  # seconds between timed calls, not timed (see the module docstring)
 
 
 def _sync(device: torch.device) -> None:
@@ -49,6 +52,7 @@ def _sync(device: torch.device) -> None:
 
 
 def _timed(fn) -> float:
+    time.sleep(PAUSE)
     start = time.perf_counter()
     fn()
     return time.perf_counter() - start

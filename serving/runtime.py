@@ -97,7 +97,7 @@ class OnnxRuntime:
                  "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]}
 
     def __init__(self, model_path: str | Path, provider: str = "cpu", threads: int | None = None,
-                 config: dict | None = None):
+                 config: dict | None = None, spinning: bool = True):
         ort = require("onnxruntime", "onnx")
         if provider not in self.PROVIDERS:
             raise ConfigError(f"ONNX Runtime provider must be one of {', '.join(self.PROVIDERS)}, got '{provider}'")
@@ -108,6 +108,8 @@ class OnnxRuntime:
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
+        if not spinning:  # idle worker threads sleep at once instead of spinning for more work
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(model_path), options, providers=wanted)
         self.provider = provider
         self.device = torch.device("cpu" if provider == "cpu" else "cuda")
@@ -224,7 +226,8 @@ _TRT_TO_TORCH = {"FLOAT": torch.float32, "HALF": torch.float16, "BF16": torch.bf
 
 
 def load_runtime(source, backend: str = "torch", *, device: str | None = None, precision: str = "fp32",
-                 compile: bool = False, provider: str | None = None, threads: int | None = None) -> UNetRuntime:
+                 compile: bool = False, provider: str | None = None, threads: int | None = None,
+                 spinning: bool = True) -> UNetRuntime:
     """A runtime for ``source``.
 
     Args:
@@ -237,6 +240,8 @@ def load_runtime(source, backend: str = "torch", *, device: str | None = None, p
         compile: torch only: `torch.compile` the UNet.
         provider: onnxruntime only: cpu, cuda or tensorrt (default: cuda when available).
         threads: onnxruntime only: intra-op threads.
+        spinning: onnxruntime only: let idle intra-op threads spin (lowest latency for one
+            session; turn off when several sessions share the cores, e.g. in an A/B benchmark).
     """
     if backend not in BACKENDS:
         raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}, got '{backend}'")
@@ -261,7 +266,7 @@ def load_runtime(source, backend: str = "torch", *, device: str | None = None, p
             config = _sidecar_config(path.parent.parent)
             model_path = path
         provider = provider or ("cuda" if torch.cuda.is_available() else "cpu")
-        return OnnxRuntime(model_path, provider, threads, config)
+        return OnnxRuntime(model_path, provider, threads, config, spinning)
     from ..export.tensorrt import load_engine_info
 
     path = engine_file(path)
