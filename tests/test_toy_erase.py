@@ -1,6 +1,7 @@
 """ESD on the toy world, at the toy defaults, measured with the judge (the issue's bar)."""
 
 import pytest
+import torch
 
 from esd_sdk import load_base
 from esd_sdk.config import EraseConfig
@@ -13,7 +14,13 @@ N = 6  # images per prompt; every rate below is over 24 images per key
 
 @pytest.fixture(scope="module")
 def base():
-    return load_base("toy")
+    # The thread count changes the floating-point reduction order, and the square's interference
+    # under ESD-u "circle" sits near a threshold (3 points at 2 threads, 19 at 1; README, toy
+    # world): measure at the thread count the toy defaults were tuned at, on any machine.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield load_base("toy")
+    torch.set_num_threads(threads)
 
 
 def _erase(base, concept, method):
