@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install -q --upgrade pip
 	# torch first and pinned: an unpinned torch can pull a multi-GB CUDA build.
 	$(BIN)/python -m pip install -q -c constraints.txt torch==2.13.0
-	$(BIN)/python -m pip install -q -c constraints.txt -e ".[onnx,dev]"
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[onnx,eval,dev]"
 	touch $(STAMP)
 
 demo: $(STAMP)
