@@ -201,6 +201,7 @@ def open_pipeline(model: str | Path, backend: str = "torch", unet: str | Path | 
         else:
             source = load_edited_unet(path) if manifest else base.unet
         runtime = load_runtime(source, "torch", device=device, precision=precision, compile=compile)
+        base.pipeline.unet = runtime.unet  # the base UNet is not served: do not hold it twice
         return Text2ImagePipeline(base, runtime)
     suffix = "onnx" if backend == "onnxruntime" else "tensorrt"
     if unet is None:
@@ -211,6 +212,7 @@ def open_pipeline(model: str | Path, backend: str = "torch", unet: str | Path | 
     runtime = load_runtime(unet, backend, provider=provider, threads=threads)
     if manifest:
         _check_export_matches(Path(unet), backend, manifest["edited_hash"], path)
+    base.pipeline.unet.to("meta")  # only its config is used from here on: free its weights
     return Text2ImagePipeline(base, runtime)
 
 

@@ -27,6 +27,17 @@ def edited_onnx(edited) -> Path:
     return edited.parent / f"{edited.name}-onnx"
 
 
+def tiny_pipeline(model: Path, steps: int):
+    """A torch pipeline on ``model`` that takes ``steps`` denoising steps by default."""
+    from esd_sdk import load_base
+    from esd_sdk.serving import Text2ImagePipeline, load_runtime
+
+    base = load_base(model)
+    pipe = Text2ImagePipeline(base, load_runtime(base.unet))
+    pipe.defaults.num_inference_steps = steps
+    return pipe
+
+
 class GatedRuntime:
     """A real runtime whose calls wait until the test opens the gate: lets tests hold a batch
     in flight deterministically (for back-pressure and shutdown)."""

@@ -34,6 +34,9 @@ def test_onnxruntime_matches_torch_and_the_edit_is_served(edited, edited_onnx):
     torch_pipe = open_pipeline(edited)
     assert isinstance(ort_pipe.runtime, OnnxRuntime) and isinstance(torch_pipe.runtime, TorchRuntime)
     assert isinstance(ort_pipe.runtime, UNetRuntime)
+    # the base UNet is not held twice: replaced by the served one, or freed (meta) under ORT
+    assert torch_pipe.base.pipeline.unet is torch_pipe.runtime.unet
+    assert ort_pipe.base.pipeline.unet.device.type == "meta"
     a = ort_pipe(PROMPTS, seeds=[3, 4], steps=4)
     b = torch_pipe(PROMPTS, seeds=[3, 4], steps=4)
     assert np.abs(a - b).max() < 1e-3  # the stated tolerance for fp32 backends

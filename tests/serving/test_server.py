@@ -13,19 +13,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from esd_sdk import load_base
-from esd_sdk.serving import Service, Text2ImagePipeline, load_runtime
+from esd_sdk.serving import Service, Text2ImagePipeline
 from esd_sdk.serving.server import EsdHTTPServer
 
-from .conftest import GatedRuntime
+from .conftest import GatedRuntime, tiny_pipeline
 
 
 @pytest.fixture(scope="module")
 def pipe(tiny_sd):
-    base = load_base(tiny_sd)
-    pipe = Text2ImagePipeline(base, load_runtime(base.unet))
-    pipe.defaults.num_inference_steps = 2
-    return pipe
+    return tiny_pipeline(tiny_sd, steps=2)
 
 
 def start(pipe, **service_kwargs) -> EsdHTTPServer:

@@ -7,18 +7,15 @@ import threading
 import numpy as np
 import pytest
 
-from esd_sdk import ConfigError, load_base
-from esd_sdk.serving import QueueFullError, Service, ServiceClosedError, Text2ImagePipeline, load_runtime
+from esd_sdk import ConfigError
+from esd_sdk.serving import QueueFullError, Service, ServiceClosedError, Text2ImagePipeline
 
-from .conftest import GatedRuntime
+from .conftest import GatedRuntime, tiny_pipeline
 
 
 @pytest.fixture(scope="module")
 def pipe(tiny_sd):
-    base = load_base(tiny_sd)
-    pipe = Text2ImagePipeline(base, load_runtime(base.unet))
-    pipe.defaults.num_inference_steps = 3
-    return pipe
+    return tiny_pipeline(tiny_sd, steps=3)
 
 
 def test_many_threads_get_their_own_images_in_shared_batches(pipe):
