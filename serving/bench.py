@@ -32,10 +32,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..conditioning import Conditioning
+from ..conditioning import Conditioning, encode_prompts
 from ..errors import ConfigError
-from ..fold import load_manifest, package_versions
-from ..loading import load_base
+from ..fold import load_edited_unet, load_manifest, package_versions
+from ..loading import load_base, weights_hash
 from .pipeline import Text2ImagePipeline
 from .runtime import BACKENDS, load_runtime
 
@@ -133,8 +133,6 @@ def benchmark(edited: str | Path, backends: list[str] | None = None, *, base_mod
     if precision != "fp32" and device.type == "cpu":
         raise ConfigError(f"precision {precision} is for GPUs: use --precision fp32 on the CPU")
     base = load_base(base_model or manifest["base_model"])
-    from ..fold import load_edited_unet
-    from ..loading import weights_hash
 
     if weights_hash(base.unet) != manifest["base_hash"]:
         raise ConfigError(f"{base.source} is not the base {edited} was erased from (weights hash differs): "
@@ -149,8 +147,6 @@ def benchmark(edited: str | Path, backends: list[str] | None = None, *, base_mod
     g = torch.Generator().manual_seed(0)
     sample = torch.randn(2 * batch, base.unet.config.in_channels, size, size, generator=g)
     timestep = torch.full((2 * batch,), 500, dtype=torch.long)
-    from ..conditioning import encode_prompts
-
     cond = Conditioning.cat([encode_prompts(base, [""] * batch), encode_prompts(base, [PROMPT] * batch)])
     seeds = list(range(batch))
 
