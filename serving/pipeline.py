@@ -18,7 +18,6 @@ UNet call, put a `Service` in front of it.
 
 from __future__ import annotations
 
-import json
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,9 +63,9 @@ class Text2ImagePipeline:
         self.scheduler_config = pipe.scheduler.config
         self.vae_scale_factor = pipe.vae_scale_factor
         cfg = runtime.config or dict(pipe.unet.config)
-        self.latent_channels = cfg.get("in_channels", pipe.unet.config.in_channels)
-        self.default_size = cfg.get("sample_size", pipe.unet.config.sample_size) * self.vae_scale_factor
-        downsamples = len(cfg.get("down_block_types", pipe.unet.config.down_block_types)) - 1
+        self.latent_channels = cfg["in_channels"]
+        self.default_size = cfg["sample_size"] * self.vae_scale_factor
+        downsamples = len(cfg["down_block_types"]) - 1
         self.limits = Limits(size_multiple=self.vae_scale_factor * 2 ** downsamples,
                              min_size=self.vae_scale_factor * 2 ** downsamples)
         self.defaults = defaults or GenerationConfig.for_model(base)
@@ -218,18 +217,18 @@ def open_pipeline(model: str | Path, backend: str = "torch", unet: str | Path | 
 
 def _check_export_matches(unet: Path, backend: str, expected: str, model: Path) -> None:
     """Refuse an export of different weights than the erase output's (a stale export)."""
-    from ..export.onnx import METADATA_NAME
-
-    meta_path = unet / METADATA_NAME if unet.is_dir() else unet.parent.parent / METADATA_NAME
     if backend == "tensorrt":
         from ..export.tensorrt import load_engine_info
         from .runtime import engine_file
 
         exported = load_engine_info(engine_file(unet)).weights_hash
-    elif meta_path.is_file():
-        exported = json.loads(meta_path.read_text())["weights_hash"]
     else:
-        return
+        from ..export.onnx import load_export_metadata
+
+        try:  # a bare .onnx file inside an export directory (unet/model.onnx) has it two levels up
+            exported = load_export_metadata(unet if unet.is_dir() else unet.parent.parent)["weights_hash"]
+        except ModelNotFoundError:
+            return  # a bare .onnx without metadata: nothing to check against
     if exported != expected:
         raise ConfigError(f"{unet} holds other weights than {model}/unet ({exported[:19]} != {expected[:19]}): "
                           f"re-export with `esd-sdk export {model} --overwrite`")

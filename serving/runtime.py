@@ -21,7 +21,6 @@ Backends:
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 from pathlib import Path
@@ -286,5 +285,10 @@ def engine_file(path: Path) -> Path:
 
 
 def _sidecar_config(export_dir: Path) -> dict:
-    meta = export_dir / "esd_export.json"
-    return json.loads(meta.read_text()).get("unet_config", {}) if meta.is_file() else {}
+    """The UNet config recorded by the ONNX export in ``export_dir``, if it is one."""
+    from ..export.onnx import load_export_metadata
+
+    try:
+        return load_export_metadata(export_dir).get("unet_config", {})
+    except ModelNotFoundError:
+        return {}
