@@ -8,17 +8,8 @@ Implements ESD ("Erasing Concepts from Diffusion Models", Gandikota et al., ICCV
     >>> esd_sdk.image_grid(images).save("grid.png")
 """
 
-from .errors import (
-    ConfigError,
-    CorruptWeightsError,
-    EsdError,
-    MissingDependencyError,
-    ModelNotFoundError,
-    NotADiffusersModelError,
-    OutputExistsError,
-    UnsafeWeightsError,
-    UnsupportedModelError,
-)
+from .errors import *  # noqa: F401,F403  (every error class; see errors.__all__)
+from .errors import __all__ as _errors
 from .generate import GenerationConfig, generate, image_grid
 from .loading import DEFAULT_MODEL, BaseModel, load_base, toy_model_path, weights_hash
 
@@ -34,13 +25,5 @@ __all__ = [
     "image_grid",
     "toy_model_path",
     "weights_hash",
-    "EsdError",
-    "ConfigError",
-    "CorruptWeightsError",
-    "MissingDependencyError",
-    "ModelNotFoundError",
-    "NotADiffusersModelError",
-    "OutputExistsError",
-    "UnsafeWeightsError",
-    "UnsupportedModelError",
+    *[n for n in _errors if n != "require"],
 ]

@@ -42,7 +42,7 @@ from torch.nn import functional as F
 
 from .conditioning import Conditioning, encode_prompts
 from .config import EraseConfig, toy_defaults
-from .errors import ConfigError, EsdError
+from .errors import ConfigError, EraseInterrupted, NonFiniteLossError
 from .loading import BaseModel, load_base, weights_hash
 from .selection import Selection, select_parameters
 
@@ -51,12 +51,6 @@ logger = logging.getLogger(__name__)
 CHECKPOINT_DIR = "checkpoint"
 
 
-class NonFiniteLossError(EsdError, FloatingPointError):
-    """The loss became NaN or infinite."""
-
-
-class EraseInterrupted(EsdError, KeyboardInterrupt):
-    """The user interrupted an erase; a checkpoint was saved."""
 
 
 @dataclass

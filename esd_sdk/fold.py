@@ -28,7 +28,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .config import EraseConfig
-from .errors import EsdError, ModelNotFoundError, OutputExistsError
+from .errors import DeltaMismatchError, ModelNotFoundError, OutputExistsError
 from .loading import BaseModel, weights_hash
 
 logger = logging.getLogger(__name__)
@@ -39,9 +39,6 @@ MANIFEST_NAME = "esd.json"
 CARD_NAME = "README.md"
 FORMAT_VERSION = 1
 
-
-class DeltaMismatchError(EsdError, ValueError):
-    """A delta was applied to a UNet other than the one it was made from."""
 
 
 @dataclass

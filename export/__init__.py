@@ -7,8 +7,9 @@ Installed as ``esd_sdk.export``.
     >>> write_triton_repository("erased-circle-onnx", "triton-repo")
 """
 
-from .onnx import ExportError, OnnxExport, ParityError, check_parity, export_onnx, load_export_metadata
-from .refit import RefitError, build_refit_map, refit_onnx, refit_weights
+from ..errors import ExportError, ParityError, RefitError
+from .onnx import OnnxExport, check_parity, export_onnx, load_export_metadata
+from .refit import build_refit_map, refit_onnx, refit_weights
 from .triton import parse_pbtxt, to_pbtxt, write_triton_repository
 
 __all__ = [

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import ConfigError, EsdError, ModelNotFoundError, OutputExistsError, require
+from ..errors import ConfigError, ExportError, ModelNotFoundError, OutputExistsError, ParityError, require
 from ..fold import package_versions
 from ..loading import weights_hash
 
@@ -43,12 +43,6 @@ TOLERANCES = {"fp32": 1e-4, "fp16": 5e-2}
 TWO_GB = 2 * 1024**3
 
 
-class ExportError(EsdError, RuntimeError):
-    """An export could not be produced."""
-
-
-class ParityError(ExportError):
-    """The exported model does not reproduce PyTorch's outputs."""
 
 
 @dataclass

@@ -17,13 +17,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import EsdError
+from ..errors import RefitError
 
 REFIT_MAP_NAME = "refit_map.json"
 
-
-class RefitError(EsdError, ValueError):
-    """A delta cannot be mapped onto an exported model."""
 
 
 def _digest(a: np.ndarray) -> str:

@@ -20,7 +20,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ..errors import ConfigError, MissingDependencyError, ModelNotFoundError, OutputExistsError
+from ..errors import ConfigError, EngineError, MissingDependencyError, ModelNotFoundError, OutputExistsError, RefitError
 from .onnx import MODEL_NAME, load_export_metadata
 
 PRECISIONS = ("fp16", "bf16", "fp32")
@@ -109,7 +109,7 @@ def build_engine(export_dir: str | Path, engine_path: str | Path, *, precision: 
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(export_dir / "unet" / MODEL_NAME)):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise ConfigError(f"TensorRT cannot parse the ONNX export: {errors}")
+        raise EngineError(f"TensorRT cannot parse the ONNX export: {errors}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * 2**30))
     if precision == "fp16":
@@ -127,7 +127,7 @@ def build_engine(export_dir: str | Path, engine_path: str | Path, *, precision: 
     config.add_optimization_profile(opt_profile)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
-        raise ConfigError("TensorRT failed to build the engine (see the TensorRT log above)")
+        raise EngineError("TensorRT failed to build the engine (see the TensorRT log above)")
     engine_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = engine_path.with_suffix(".plan.tmp")
     tmp.write_bytes(bytes(serialized))
@@ -161,14 +161,14 @@ def load_engine(engine_path: str | Path):
     engine_path = Path(engine_path)
     info = load_engine_info(engine_path)
     if info.tensorrt != trt.__version__:
-        raise ConfigError(f"engine {engine_path} was built with TensorRT {info.tensorrt}, this is {trt.__version__}: "
+        raise EngineError(f"engine {engine_path} was built with TensorRT {info.tensorrt}, this is {trt.__version__}: "
                           "rebuild it (esd-sdk export --format tensorrt --overwrite)")
     if info.gpu != _gpu_name():
-        raise ConfigError(f"engine {engine_path} was built for {info.gpu}, this GPU is {_gpu_name()}: rebuild it here")
+        raise EngineError(f"engine {engine_path} was built for {info.gpu}, this GPU is {_gpu_name()}: rebuild it here")
     runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
     engine = runtime.deserialize_cuda_engine(engine_path.read_bytes())
     if engine is None:
-        raise ConfigError(f"engine {engine_path} could not be deserialized: rebuild it")
+        raise EngineError(f"engine {engine_path} could not be deserialized: rebuild it")
     return engine, info
 
 
@@ -187,12 +187,12 @@ def refit_engine(engine_path: str | Path, export_dir: str | Path, delta_path: st
     for name, value in weights.items():
         arrays.append(value)
         if not refitter.set_named_weights(name, trt.Weights(value)):
-            raise ConfigError(f"TensorRT refused new weights for {name}: rebuild the engine instead")
+            raise RefitError(f"TensorRT refused new weights for {name}: rebuild the engine instead")
     missing = refitter.get_missing_weights()
     if missing:
-        raise ConfigError(f"refit needs weights the delta does not change ({missing[:3]}...): rebuild the engine instead")
+        raise RefitError(f"refit needs weights the delta does not change ({missing[:3]}...): rebuild the engine instead")
     if not refitter.refit_cuda_engine():
-        raise ConfigError("TensorRT refit failed: rebuild the engine instead")
+        raise RefitError("TensorRT refit failed: rebuild the engine instead")
     tmp = engine_path.with_suffix(".plan.tmp")
     tmp.write_bytes(bytes(engine.serialize()))
     tmp.replace(engine_path)

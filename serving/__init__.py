@@ -10,7 +10,8 @@ latency benchmark and a lightweight HTTP server. Installed as ``esd_sdk.serving`
 
 from .pipeline import Limits, Text2ImagePipeline, open_pipeline
 from .runtime import BACKENDS, OnnxRuntime, TensorRTRuntime, TorchRuntime, UNetRuntime, load_runtime
-from .service import QueueFullError, Request, Result, Service, ServiceClosedError
+from ..errors import QueueFullError, ServiceClosedError
+from .service import Request, Result, Service
 
 __all__ = [
     "BACKENDS", "Limits", "OnnxRuntime", "QueueFullError", "Request", "Result", "Service", "ServiceClosedError",

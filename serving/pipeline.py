@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from ..conditioning import Conditioning, encode_prompts
-from ..errors import ConfigError, ModelNotFoundError
+from ..errors import ConfigError, ModelNotFoundError, StaleExportError
 from ..generate import GenerationConfig
 from ..loading import BaseModel
 from .runtime import UNetRuntime
@@ -230,5 +230,5 @@ def _check_export_matches(unet: Path, backend: str, expected: str, model: Path) 
         except ModelNotFoundError:
             return  # a bare .onnx without metadata: nothing to check against
     if exported != expected:
-        raise ConfigError(f"{unet} holds other weights than {model}/unet ({exported[:19]} != {expected[:19]}): "
+        raise StaleExportError(f"{unet} holds other weights than {model}/unet ({exported[:19]} != {expected[:19]}): "
                           f"re-export with `esd-sdk export {model} --overwrite`")

@@ -28,18 +28,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..errors import EsdError
+from ..errors import QueueFullError, ServiceClosedError
 from .pipeline import Text2ImagePipeline
 
 logger = logging.getLogger(__name__)
 
 
-class QueueFullError(EsdError):
-    """The service's queue is full: retry later (HTTP 429)."""
-
-
-class ServiceClosedError(EsdError):
-    """The service is shutting down and takes no new requests (HTTP 503)."""
 
 
 @dataclass

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from esd_sdk import ConfigError, GenerationConfig, ModelNotFoundError, generate, load_base
+from esd_sdk import ConfigError, GenerationConfig, ModelNotFoundError, StaleExportError, generate, load_base
 from esd_sdk.serving import OnnxRuntime, Text2ImagePipeline, TorchRuntime, UNetRuntime, load_runtime, open_pipeline
 
 PROMPTS = ["a red circle", "a blue square"]
@@ -82,7 +82,7 @@ def test_open_pipeline_errors(edited, edited_onnx, tiny_sd, tmp_path):
     from esd_sdk.export import export_onnx
 
     stale = export_onnx(tiny_sd, tmp_path / "base-onnx").directory
-    with pytest.raises(ConfigError, match="holds other weights.*re-export"):
+    with pytest.raises(StaleExportError, match="holds other weights.*re-export"):
         open_pipeline(edited, backend="onnxruntime", unet=stale)
     with pytest.raises(ModelNotFoundError, match="no unet.plan"):
         load_runtime(tmp_path, backend="tensorrt")
