@@ -480,16 +480,23 @@ Examples:
               help="How long an idle worker waits for companions to a request.")
 @click.option("--max-queue", default=64, show_default=True, type=click.IntRange(min=1),
               help="Waiting requests beyond which new ones get 429.")
+@click.option("--deadline-s", type=click.FloatRange(min=0, min_open=True),
+              help="Default request deadline in seconds: past it the client gets 504 and a queued request is dropped "
+                   "[none].")
+@click.option("--warmup/--no-warmup", default=True, show_default=True,
+              help="Run one-step batches at the model's size before /healthz answers ok.")
 @click.option("--device", help="torch device [cuda if available, else cpu].")
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True,
               help="torch backend: UNet precision.")
 @click.option("--threads", type=click.IntRange(min=1), help="onnxruntime: intra-op threads.")
 @allow_pickle_option
 @_errors_to_exit
-def serve(model, backend, unet, host, port, max_batch, max_wait_ms, max_queue, device, precision, threads, allow_pickle):
+def serve(model, backend, unet, host, port, max_batch, max_wait_ms, max_queue, deadline_s, warmup, device, precision,
+          threads, allow_pickle):
     """Serve text-to-image over HTTP: POST /generate, GET /healthz, GET /metrics (Prometheus).
 
-    Concurrent requests are micro-batched into one UNet batch; a full queue answers 429;
+    Concurrent requests are micro-batched into one UNet batch; a full queue answers 429, a
+    request whose deadline passes answers 504; /healthz answers 503 until the warm-up has run;
     Ctrl-C or SIGTERM stops accepting, finishes every accepted request, then exits.
     """
     from .serving import Service, open_pipeline
@@ -497,7 +504,8 @@ def serve(model, backend, unet, host, port, max_batch, max_wait_ms, max_queue, d
 
     pipe = open_pipeline(model, backend, unet, device=device, precision=precision, threads=threads,
                          allow_pickle=allow_pickle)
-    service = Service(pipe, max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue)
+    service = Service(pipe, max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue, deadline_s=deadline_s,
+                      warmup=warmup)
 
     def ready(server):
         click.echo(f"serving {pipe.describe()} at {server.url} (max batch {max_batch}, queue {max_queue}); "
@@ -507,7 +515,8 @@ def serve(model, backend, unet, host, port, max_batch, max_wait_ms, max_queue, d
         run_server(service, host, port, model_name=str(model), ready=ready)
     except OSError as e:
         raise click.ClickException(f"cannot listen on {host}:{port} ({e.strerror}): choose another --port") from e
-    click.echo(f"stopped after {service.images} images in {service.batches} batches", err=True)
+    stats = service.stats()
+    click.echo(f"stopped after {stats.images} images in {stats.batches} batches", err=True)
 
 
 def main() -> None:

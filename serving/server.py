@@ -2,16 +2,23 @@
 
 Endpoints:
 - ``POST /generate`` with a JSON body ``{"prompt": str, "seed": int, "steps": int,
-  "guidance": float, "height": int, "width": int, "format": "png" | "json"}`` (only ``prompt``
-  is required). ``png`` (the default) answers ``image/png``; ``json`` answers
+  "guidance": float, "height": int, "width": int, "deadline_s": float, "format": "png" | "json"}``
+  (only ``prompt`` is required; ``deadline_s`` defaults to the service's, ``--deadline-s``).
+  ``png`` (the default) answers ``image/png``; ``json`` answers
   ``{"image": <base64 PNG>, "seed", "batch_size", "latency_ms"}``.
-- ``GET /healthz``: ``{"status": "ok", ...}``, or 503 ``draining`` during shutdown.
+- ``GET /healthz``: ``{"status": "ok", ...}``; 503 ``warming`` until the service's warm-up has
+  run (so a load balancer sends no traffic to a cold replica), 503 ``draining`` during shutdown.
 - ``GET /metrics``: Prometheus text format: request counts by endpoint and status, a latency
-  histogram for /generate, images, batches and batch sizes, queue depth, requests in flight.
+  histogram for /generate, images, batches and batch sizes, requests dropped at their deadline,
+  queue depth, requests in flight, warm. The service's counters come from one `Service.stats()`
+  snapshot.
 
 Errors are JSON ``{"error": "<one line>"}``: 400 for a malformed body or an argument out of
 bounds, 404/405 for the wrong path or method, 413 for a body over 64 KiB, 429 when the queue is
-full (with ``Retry-After``), 503 while shutting down.
+full (with ``Retry-After``), 503 while shutting down, 504 when the request's deadline passed
+before its image was ready (a request still queued then is dropped and costs no UNet step).
+A failed batch answers 500 with ``{"error": ..., "request_id": ...}`` and an ``X-Request-Id``
+header; the details (exception and traceback) go to the log under that id, never to the client.
 
 Why the standard library: the server's own work is parsing a small JSON body and writing a PNG;
 the model, batching and back-pressure live in `Service`, which production services embed in
@@ -30,20 +37,21 @@ import logging
 import signal
 import threading
 import time
+import uuid
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 from PIL import Image
 
-from ..errors import ConfigError
-from .service import QueueFullError, Service, ServiceClosedError
+from ..errors import ConfigError, DeadlineExceededError, QueueFullError, ServiceClosedError
+from .service import Service, Stats
 
 logger = logging.getLogger(__name__)
 
 MAX_BODY = 64 * 1024
 FIELDS = {"prompt": str, "seed": int, "steps": int, "guidance": (int, float), "height": int, "width": int,
-          "format": str}
+          "deadline_s": (int, float), "format": str}
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
@@ -67,7 +75,7 @@ class Metrics:
                     if seconds <= bound:
                         self.buckets[i] += 1
 
-    def render(self, service: Service) -> str:
+    def render(self, stats: Stats) -> str:
         with self._lock:
             lines = ["# HELP esd_requests_total HTTP requests by endpoint and status code.",
                      "# TYPE esd_requests_total counter"]
@@ -81,17 +89,22 @@ class Metrics:
                       f"esd_request_duration_seconds_sum {self.latency_sum:.6f}",
                       f"esd_request_duration_seconds_count {self.latency_count}"]
         lines += ["# HELP esd_images_total Images generated.", "# TYPE esd_images_total counter",
-                  f"esd_images_total {service.images}",
+                  f"esd_images_total {stats.images}",
                   "# HELP esd_batches_total UNet batches run.", "# TYPE esd_batches_total counter",
-                  f"esd_batches_total {service.batches}",
+                  f"esd_batches_total {stats.batches}",
                   "# HELP esd_batch_size_total Batches by number of requests batched together.",
                   "# TYPE esd_batch_size_total counter"]
-        for size, n in sorted(service.batch_sizes.items()):
+        for size, n in sorted(stats.batch_sizes.items()):
             lines.append(f'esd_batch_size_total{{size="{size}"}} {n}')
-        lines += ["# HELP esd_queue_depth Requests waiting for a batch.", "# TYPE esd_queue_depth gauge",
-                  f"esd_queue_depth {service.queue_depth}",
+        lines += ["# HELP esd_deadline_dropped_total Requests dropped from the queue at their deadline (no UNet step).",
+                  "# TYPE esd_deadline_dropped_total counter",
+                  f"esd_deadline_dropped_total {stats.dropped_deadline}",
+                  "# HELP esd_queue_depth Requests waiting for a batch.", "# TYPE esd_queue_depth gauge",
+                  f"esd_queue_depth {stats.queue_depth}",
                   "# HELP esd_in_flight Requests in the running batch.", "# TYPE esd_in_flight gauge",
-                  f"esd_in_flight {service.in_flight}"]
+                  f"esd_in_flight {stats.in_flight}",
+                  "# HELP esd_warm 1 once the warm-up has run.", "# TYPE esd_warm gauge",
+                  f"esd_warm {int(stats.warm)}"]
         return "\n".join(lines) + "\n"
 
 
@@ -111,7 +124,7 @@ def parse_request(body: bytes) -> tuple[dict, str]:
     for name, value in data.items():
         kinds = FIELDS[name]
         if not isinstance(value, kinds) or isinstance(value, bool):
-            kind = "a number" if name == "guidance" else {str: "a string", int: "an integer"}[kinds]
+            kind = {str: "a string", int: "an integer", (int, float): "a number"}[kinds]
             raise ConfigError(f'"{name}" must be {kind}, got {json.dumps(value)}')
     fmt = data.pop("format", "png")
     if fmt not in ("png", "json"):
@@ -157,11 +170,14 @@ class _Handler(BaseHTTPRequestHandler):
         if self.path == "/healthz":
             if service.closing:
                 return self._json(503, {"status": "draining"}, "/healthz")
-            return self._json(200, {"status": "ok", "model": self.server.model_name,
-                                    "unet": service.pipeline.runtime.describe(), "queue_depth": service.queue_depth,
-                                    "max_queue": service.max_queue, "max_batch": service.max_batch}, "/healthz")
+            stats = service.stats()
+            return self._json(200 if stats.warm else 503, {
+                "status": "ok" if stats.warm else "warming", "model": self.server.model_name,
+                "unet": service.pipeline.runtime.describe(), "queue_depth": stats.queue_depth,
+                "max_queue": service.max_queue, "max_batch": service.max_batch, "deadline_s": service.deadline_s},
+                "/healthz")
         if self.path == "/metrics":
-            body = self.server.metrics.render(service).encode()
+            body = self.server.metrics.render(service.stats()).encode()
             self._send(200, body, "text/plain; version=0.0.4; charset=utf-8")
             return self.server.metrics.observe("/metrics", 200)
         if self.path == "/generate":
@@ -192,10 +208,17 @@ class _Handler(BaseHTTPRequestHandler):
         except ServiceClosedError as e:
             return self._error(503, str(e), "/generate")
         try:
-            result = future.result()
-        except Exception as e:  # a failed batch: the server keeps running
-            logger.error("generation failed: %s", e)
-            return self._error(500, f"generation failed: {type(e).__name__}: {e}", "/generate")
+            result = self.server.service.wait(future)  # bounded by the request's deadline
+        except DeadlineExceededError as e:
+            return self._error(504, str(e), "/generate")
+        except ServiceClosedError as e:  # closed without draining
+            return self._error(503, str(e), "/generate")
+        except Exception:  # a failed batch: log the details under an id, tell the client only the id
+            request_id = uuid.uuid4().hex
+            logger.exception("request %s: generation failed", request_id)
+            return self._json(500, {"error": f"generation failed: the server logged the details under request id "
+                                             f"{request_id}; retry, or report the id", "request_id": request_id},
+                              "/generate", {"X-Request-Id": request_id})
         png = encode_png(result.image)
         seconds = time.perf_counter() - start
         headers = {"X-Seed": str(result.seed), "X-Batch-Size": str(result.batch_size),

@@ -1,4 +1,5 @@
-"""The HTTP server on loopback: responses, every validation error, back-pressure, metrics, drain."""
+"""The HTTP server on loopback: responses, every validation error, back-pressure, metrics, drain,
+deadlines (504), warm-up (/healthz), internal errors (500 with a request id, no internals)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import base64
 import http.client
 import io
 import json
+import logging
 import re
 import threading
 
@@ -17,6 +19,7 @@ from esd_sdk.serving import Service, Text2ImagePipeline
 from esd_sdk.serving.server import EsdHTTPServer
 
 from .conftest import GatedRuntime, tiny_pipeline
+from .test_service import RecordingRuntime
 
 
 @pytest.fixture(scope="module")
@@ -24,9 +27,11 @@ def pipe(tiny_sd):
     return tiny_pipeline(tiny_sd, steps=2)
 
 
-def start(pipe, **service_kwargs) -> EsdHTTPServer:
+def start(pipe, wait_warm: bool = True, **service_kwargs) -> EsdHTTPServer:
     server = EsdHTTPServer(("127.0.0.1", 0), Service(pipe, **service_kwargs), model_name="tiny")
     threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    if wait_warm:
+        assert server.service.wait_warm(60)
     return server
 
 
@@ -78,6 +83,9 @@ def test_generate_png_and_json_give_the_same_image(server, pipe):
     ({"prompt": "a", "height": 30}, "height must be a multiple of 4"),
     ({"prompt": "a", "width": 4096}, "width must be a multiple of 4"),
     ({"prompt": "a", "seed": -5}, "seed must be between 0"),
+    ({"prompt": "a", "deadline_s": "1"}, '"deadline_s" must be a number'),
+    ({"prompt": "a", "deadline_s": 0}, "deadline_s must be a positive number of seconds"),
+    ({"prompt": "a", "deadline_s": -2.5}, "deadline_s must be a positive number of seconds"),
 ])
 def test_bad_requests_get_400_with_the_reason(server, body, message):
     status, headers, data = request(server, "POST", "/generate", body)
@@ -108,6 +116,7 @@ def test_health_and_prometheus_metrics(server):
     assert counts['esd_requests_total{endpoint="/generate",code="400"}'] >= 1
     assert counts["esd_request_duration_seconds_count"] == counts['esd_request_duration_seconds_bucket{le="+Inf"}']
     assert counts["esd_images_total"] >= 1 and "esd_queue_depth" in counts and "# TYPE esd_request_duration_seconds histogram" in text
+    assert counts["esd_deadline_dropped_total"] == 0 and counts["esd_warm"] == 1
 
 
 def _concurrent_posts(server, bodies):
@@ -123,7 +132,8 @@ def _concurrent_posts(server, bodies):
 
 def test_full_queue_answers_429_and_accepted_requests_complete(pipe):
     gated = GatedRuntime(pipe.runtime)
-    server = start(Text2ImagePipeline(pipe.base, gated, pipe.defaults), max_batch=1, max_wait_ms=0, max_queue=2)
+    server = start(Text2ImagePipeline(pipe.base, gated, pipe.defaults), max_batch=1, max_wait_ms=0, max_queue=2,
+                   warmup=False)
     first, first_result = _concurrent_posts(server, [{"prompt": "a red circle", "seed": 0}])
     assert gated.entered.wait(30)
     threads, results = _concurrent_posts(server, [{"prompt": "a red circle", "seed": s} for s in range(1, 7)])
@@ -142,7 +152,7 @@ def test_full_queue_answers_429_and_accepted_requests_complete(pipe):
 
 def test_drain_finishes_in_flight_requests_then_stops(pipe):
     gated = GatedRuntime(pipe.runtime)
-    server = start(Text2ImagePipeline(pipe.base, gated, pipe.defaults), max_batch=1, max_wait_ms=0)
+    server = start(Text2ImagePipeline(pipe.base, gated, pipe.defaults), max_batch=1, max_wait_ms=0, warmup=False)
     threads, results = _concurrent_posts(server, [{"prompt": "a red circle", "seed": s} for s in range(3)])
     assert gated.entered.wait(30)
     for _ in range(200):
@@ -157,3 +167,66 @@ def test_drain_finishes_in_flight_requests_then_stops(pipe):
     assert [r[0] for r in results] == [200, 200, 200]
     with pytest.raises(OSError):
         request(server, "GET", "/healthz")
+
+
+def _metrics(server) -> dict[str, float]:
+    text = request(server, "GET", "/metrics")[2].decode()
+    return {line.split(" ")[0]: float(line.split(" ")[1]) for line in text.splitlines() if not line.startswith("#")}
+
+
+def test_a_deadline_that_passes_in_the_queue_answers_504_and_costs_no_unet_step(pipe):
+    runtime = RecordingRuntime(pipe.runtime)
+    server = start(Text2ImagePipeline(pipe.base, runtime, pipe.defaults), max_batch=4, max_wait_ms=0, deadline_s=0.3,
+                   warmup=False)
+    first, first_result = _concurrent_posts(server, [{"prompt": "a red circle", "deadline_s": 60}])  # overrides 0.3
+    assert runtime.entered.wait(30)  # its batch holds the worker
+    status, _, body = request(server, "POST", "/generate", {"prompt": "a blue square"})  # the server's 0.3 s
+    assert status == 504 and "deadline of 0.3 s passed while queued" in json.loads(body)["error"]
+    assert server.service.queue_depth == 0
+    runtime.gate.set()
+    first[0].join(60)
+    assert first_result[0][0] == 200
+    assert len(runtime.shapes) == pipe.defaults.num_inference_steps  # the first request's steps, none more
+    counts = _metrics(server)
+    assert counts["esd_deadline_dropped_total"] == 1 and counts['esd_requests_total{endpoint="/generate",code="504"}'] == 1
+    server.drain()
+
+
+def test_a_cold_start_answers_warming_until_the_warm_up_ran(pipe):
+    runtime = RecordingRuntime(pipe.runtime)
+    server = start(Text2ImagePipeline(pipe.base, runtime, pipe.defaults), wait_warm=False, max_batch=2)
+    assert runtime.entered.wait(30)  # the warm-up is running
+    status, _, body = request(server, "GET", "/healthz")
+    assert status == 503 and json.loads(body)["status"] == "warming"
+    assert _metrics(server)["esd_warm"] == 0
+    runtime.gate.set()
+    assert server.service.wait_warm(60)
+    status, _, body = request(server, "GET", "/healthz")
+    assert status == 200 and json.loads(body)["status"] == "ok"
+    c, f, size = pipe.latent_channels, pipe.vae_scale_factor, pipe.default_size
+    # one guided step (two UNet samples per image) for a batch of 1 and of max_batch at the model's size
+    assert runtime.shapes == [(2, c, size // f, size // f), (4, c, size // f, size // f)]
+    assert request(server, "POST", "/generate", {"prompt": "a red circle"})[0] == 200
+    assert _metrics(server)["esd_images_total"] == 1  # the warm-up is not counted
+    server.drain()
+
+
+class SecretFailure(GatedRuntime):
+    def __call__(self, sample, timestep, cond):
+        raise RuntimeError("secret internals at /srv/models/unet.py:42")
+
+
+def test_a_failed_batch_answers_500_with_a_request_id_and_no_internals(pipe, caplog):
+    caplog.set_level(logging.ERROR)
+    server = start(Text2ImagePipeline(pipe.base, SecretFailure(pipe.runtime), pipe.defaults), warmup=False)
+    status, headers, body = request(server, "POST", "/generate", {"prompt": "a red circle"})
+    data = json.loads(body)
+    assert status == 500 and headers["Content-Type"] == "application/json"
+    assert not any(word in body.decode() for word in ("secret", "RuntimeError", "Traceback", "unet.py"))
+    request_id = data["request_id"]
+    assert re.fullmatch(r"[0-9a-f]{32}", request_id) and headers["X-Request-Id"] == request_id
+    assert request_id in data["error"]
+    logged = [r for r in caplog.records if request_id in r.getMessage()]
+    assert len(logged) == 1 and "secret internals" in str(logged[0].exc_info[1])
+    assert request(server, "GET", "/healthz")[0] == 200  # the server goes on
+    server.drain()
