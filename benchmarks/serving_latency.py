@@ -3,7 +3,7 @@ mid-size UNet, and a GPU mode for the SD 1.x UNet architecture.
 
     python benchmarks/serving_latency.py                     # CPU: toy and mid-size (51M) UNet, torch vs onnxruntime
     python benchmarks/serving_latency.py --only toy --edited runs/demo/erased-circle
-    python benchmarks/serving_latency.py --mode gpu          # CUDA: SD 1.x UNet, 512x512, batch 2 (prepared, < 8 min)
+    python benchmarks/serving_latency.py --mode gpu          # CUDA: SD 1.x UNet, 512x512, batch 2 (~1.5 min on an H200)
 
 CPU mode: each model gets a short ESD erase (the latency of a folded UNet does not depend on how
 long it trained), then `benchmark()` runs both models on each backend, interleaved, after warm-up.
@@ -11,15 +11,19 @@ Reports land in benchmarks/results/serving_latency_<model>/ (bench.json, bench.m
 
 GPU mode: UNet step only, SD 1.x architecture (diffusers' default UNet2DConditionModel config) with
 random weights, 64x64 latents (512x512 images), batch 2 (one guided image), for torch eager
-fp32/fp16, torch.compile fp16, and ONNX Runtime CUDA / TensorRT when installed; edited = the same
-UNet with its attn2 weights perturbed and folded (what ESD-x produces), so the edited/unedited
-ratio is measured too. Prints and writes one JSON.
+fp32/fp16 and torch.compile fp16; edited = the same UNet with its attn2 weights perturbed and
+folded (what ESD-x produces), so the edited/unedited ratio is measured too. Prints and writes one
+JSON. `benchmarks/gpu_check.sh` runs this as one of its sections, next to ONNX Runtime CUDA and
+TensorRT.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
+import inspect
 import json
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -29,12 +33,29 @@ import torch
 RESULTS = Path(__file__).parent / "results"
 
 
-def _quick_erase(model, out: Path, method: str) -> Path:
-    from esd_sdk.config import EraseConfig
+def erase_function():
+    """esd_sdk's erase(): the top-level function, or esd_sdk.erase.erase in older trees."""
+    import esd_sdk
+
+    fn = getattr(esd_sdk, "erase", None)
+    if callable(fn) and not inspect.ismodule(fn):
+        return fn
     from esd_sdk.erase import erase
 
-    erase(EraseConfig(concepts=["a red circle"], method=method, steps=3, lr=1e-3, ddim_steps=4), model, out,
-          progress=False)
+    return erase
+
+
+def quick_erase(model, out: Path, method: str, device: str | None = None, **settings) -> Path:
+    """A few ESD steps written to ``out`` (serving latency does not depend on how long it trained).
+    Works with either signature of erase() (config first, or model first)."""
+    from esd_sdk.config import EraseConfig
+
+    erase = erase_function()
+    config = EraseConfig(concepts=["a red circle"], method=method, **{"steps": 3, "lr": 1e-3, "ddim_steps": 4, **settings})
+    if next(iter(inspect.signature(erase).parameters)) == "config":
+        erase(config, model, out, progress=False, device=device)
+    else:
+        erase(model, out=out, config=config, progress=False, device=device)
     return out
 
 
@@ -46,10 +67,10 @@ def cpu(args) -> None:
         tmp = Path(tmp)
         jobs = {}
         if args.only in (None, "toy"):
-            jobs["toy"] = Path(args.edited) if args.edited else _quick_erase("toy", tmp / "toy-edited", "u")
+            jobs["toy"] = Path(args.edited) if args.edited else quick_erase("toy", tmp / "toy-edited", "u")
         if args.only in (None, "mid"):
             mid = build_random_sd(tmp / "mid", unet_config=mid_unet_config())
-            jobs["mid"] = _quick_erase(mid, tmp / "mid-edited", "x")
+            jobs["mid"] = quick_erase(mid, tmp / "mid-edited", "x")
         for name, edited in jobs.items():
             t0 = time.perf_counter()
             report = benchmark(edited, ["torch", "onnxruntime"], runs=args.runs, e2e_runs=args.e2e_runs,
@@ -59,56 +80,118 @@ def cpu(args) -> None:
             print(f"{name}: {time.perf_counter() - t0:.0f} s")
 
 
-def gpu(args) -> None:
+GPU_VARIANTS = (("torch eager fp32", "fp32", False), ("torch eager fp16", "fp16", False),
+                ("torch.compile fp16", "fp16", True))
+
+
+def unet_pair(unet_config: dict, device: torch.device, seed: int = 0):
+    """(unedited, edited): one random UNet and a copy with its attn2 weights perturbed, as a
+    folded ESD-x edit leaves them: same architecture, other values."""
     from diffusers import UNet2DConditionModel
 
-    from esd_sdk.conditioning import Conditioning
-    from esd_sdk.serving.runtime import TorchRuntime
-
-    assert torch.cuda.is_available(), "--mode gpu needs a CUDA GPU"
-    torch.manual_seed(0)
-    base = UNet2DConditionModel()  # diffusers' default config is the SD 1.x UNet
-    edited = UNet2DConditionModel()
-    edited.load_state_dict(base.state_dict())
+    torch.manual_seed(seed)
+    with torch.device(device):  # initialise where it runs: fast on a GPU
+        base = UNet2DConditionModel(**unet_config)
+    edited = copy.deepcopy(base)
     with torch.no_grad():
         for name, p in edited.named_parameters():
             if ".attn2." in name:
                 p.add_(torch.randn_like(p) * 1e-3)
-    device = torch.device("cuda")
-    sample = torch.randn(2, 4, 64, 64, device=device)
-    timestep = torch.full((2,), 500, device=device)
-    cond = Conditioning(torch.randn(2, 77, 768, device=device))
-    results = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "shape": "2x4x64x64, 77x768",
-               "variants": {}}
+    return base.eval(), edited.eval()
 
-    def measure(name, runtimes):
-        for rt in runtimes.values():
-            for _ in range(args.gpu_warmup):
-                rt(sample, timestep, cond)
-        times = {k: [] for k in runtimes}
-        for i in range(args.gpu_runs):
-            for k in (list(runtimes) if i % 2 == 0 else list(runtimes)[::-1]):
-                torch.cuda.synchronize()
+
+def unet_latency(unet_config: dict, device: str = "cuda", variants=GPU_VARIANTS, runs: int = 50, warmup: int = 5,
+                 batch: int = 2, sequence_length: int = 77, seed: int = 0) -> dict:
+    """UNet-step latency of the unedited and the edited UNet for each (name, precision, compile)
+    variant, interleaved (ABAB..., then BABA...), after warm-up. One variant's failure is recorded
+    in its row and the others still run. Peak memory is per variant (both UNets held)."""
+    from esd_sdk.conditioning import Conditioning
+    from esd_sdk.serving.runtime import TorchRuntime
+
+    device = torch.device(device)
+    cuda = device.type == "cuda"
+    # Convert the two UNets in place from variant to variant: no copies held (older TorchRuntimes
+    # always converted in place and take no such argument).
+    inplace = {"inplace": True} if "inplace" in inspect.signature(TorchRuntime).parameters else {}
+
+    def sync():
+        if cuda:
+            torch.cuda.synchronize()
+
+    base, edited = unet_pair(unet_config, device, seed)
+    cfg = base.config
+    g = torch.Generator(device).manual_seed(seed)
+    size = cfg.sample_size
+    sample = torch.randn(batch, cfg.in_channels, size, size, device=device, generator=g)
+    timestep = torch.full((batch,), 500, device=device)
+    cond = Conditioning(torch.randn(batch, sequence_length, cfg.cross_attention_dim, device=device, generator=g))
+    results = {"device": torch.cuda.get_device_name() if cuda else "cpu", "torch": torch.__version__,
+               "unet_params": sum(p.numel() for p in base.parameters()),
+               "shape": f"sample {batch}x{cfg.in_channels}x{size}x{size}, hidden {batch}x{sequence_length}x{cfg.cross_attention_dim}",
+               "runs": runs, "warmup": warmup, "variants": {}}
+    for name, precision, compiled in variants:
+        row: dict = {"precision": precision, "compile": compiled}
+        try:
+            if cuda:
+                torch.cuda.empty_cache()
+                torch.cuda.reset_peak_memory_stats()
+            runtimes = {"unedited": TorchRuntime(base, device, precision, compile=compiled, **inplace),
+                        "edited": TorchRuntime(edited, device, precision, compile=compiled, **inplace)}
+            first = {}
+            for k, rt in runtimes.items():
+                sync()
                 t = time.perf_counter()
-                runtimes[k](sample, timestep, cond)
-                torch.cuda.synchronize()
-                times[k].append(time.perf_counter() - t)
-        row = {k: {"p50_ms": float(torch.tensor(v).median()) * 1000} for k, v in times.items()}
-        if len(times) == 2:
-            ratios = torch.tensor(times["edited"]) / torch.tensor(times["unedited"])
-            row["edited_over_unedited"] = float(ratios.median())
-        row["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
+                out = rt(sample, timestep, cond)  # the first call compiles, when compiling
+                sync()
+                first[k] = time.perf_counter() - t
+                row.setdefault("finite", True)
+                row["finite"] &= bool(torch.isfinite(out).all())
+                for _ in range(warmup - 1):
+                    rt(sample, timestep, cond)
+            times = {k: [] for k in runtimes}
+            for i in range(runs):
+                for k in (list(runtimes) if i % 2 == 0 else list(runtimes)[::-1]):
+                    sync()
+                    t = time.perf_counter()
+                    runtimes[k](sample, timestep, cond)
+                    sync()
+                    times[k].append(time.perf_counter() - t)
+            for k, v in times.items():
+                row[k] = {"p50_ms": statistics.median(v) * 1000, "min_ms": min(v) * 1000,
+                          "first_call_s": first[k]}
+            row["edited_over_unedited"] = statistics.median(e / u for e, u in zip(times["edited"], times["unedited"]))
+            if cuda:
+                row["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
+        except Exception as e:  # report what does not run there rather than stop
+            row["error"] = f"{type(e).__name__}: {e}"[:500]
+        finally:
+            runtimes = None
         results["variants"][name] = row
         print(name, json.dumps(row), flush=True)
+    rows = results["variants"]
 
-    for precision in ("fp32", "fp16"):
-        measure(f"torch eager {precision}", {
-            "unedited": TorchRuntime(base, device, precision), "edited": TorchRuntime(edited, device, precision)})
-    try:
-        measure("torch.compile fp16", {"unedited": TorchRuntime(base, device, "fp16", compile=True),
-                                       "edited": TorchRuntime(edited, device, "fp16", compile=True)})
-    except Exception as e:  # report what does not run there rather than stop
-        results["variants"]["torch.compile fp16"] = {"error": f"{type(e).__name__}: {e}"[:300]}
+    def p50(name):
+        return rows.get(name, {}).get("unedited", {}).get("p50_ms")
+
+    eager = [n for n, _, c in variants if not c]
+    ratios = {}
+    if p50("torch eager fp32") and p50("torch eager fp16"):
+        ratios["fp16_speedup_over_fp32"] = p50("torch eager fp32") / p50("torch eager fp16")
+    if p50("torch eager fp16") and p50("torch.compile fp16"):
+        ratios["compile_speedup_over_eager_fp16"] = p50("torch eager fp16") / p50("torch.compile fp16")
+    if eager and p50(eager[0]) and len(eager) > 1 and p50(eager[1]):
+        ratios[f"{rows[eager[1]]['precision']}_over_{rows[eager[0]]['precision']}_latency"] = p50(eager[1]) / p50(eager[0])
+    results["ratios"] = ratios
+    return results
+
+
+def gpu(args) -> None:
+    from esd_sdk.testing import sd1_unet_config
+
+    assert torch.cuda.is_available(), "--mode gpu needs a CUDA GPU"
+    # diffusers' default config (0.39) leaves sample_size None and has 1280-wide text states: SD 1.x's are 64, 768.
+    config = {"sample_size": 64, "cross_attention_dim": 768, **sd1_unet_config()}
+    results = unet_latency(config, "cuda", runs=args.gpu_runs, warmup=args.gpu_warmup)
     out = RESULTS / "serving_latency_gpu.json"
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {out}")
