@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from esd_sdk.config import EraseConfig
-from esd_sdk.erase import erase
+from esd_sdk import erase
 from esd_sdk.evaluate import evaluate, sweep
 
 SINGLE = [("circle", "u"), ("striped", "x")]
@@ -35,7 +35,7 @@ ETAS = [0.25, 0.5, 1.0, 2.0, 4.0]
 def run_erase(work: Path, name: str, **settings) -> tuple[Path, float]:
     out = work / name
     t0 = time.perf_counter()
-    erase(EraseConfig(**settings), "toy", out, overwrite=True, progress=False, explicit=set())
+    erase("toy", out=out, overwrite=True, progress=False, **settings)
     return out, time.perf_counter() - t0
 
 

@@ -79,7 +79,7 @@ allow_pickle_option = click.option(
 @_errors_to_exit
 def generate(model, prompts, num_images, seed, steps, guidance, unet_dir, out, allow_pickle, model_config):
     """Generate images and write a labelled grid (one row per prompt)."""
-    from .generate import GenerationConfig, generate as run_generate, image_grid
+    from .generation import GenerationConfig, generate as run_generate, image_grid
     from .loading import load_base
 
     if out.suffix.lower() != ".png":
@@ -182,22 +182,24 @@ def erase(concepts, method, model, out, device, resume, overwrite, dry_run, quie
     Writes OUT/unet (a standalone diffusers UNet), OUT/esd_delta.safetensors (only the
     changed tensors), OUT/esd.json (manifest) and OUT/README.md (model card).
     """
+    from .artifact import prepare_output
     from .config import EraseConfig
-    from .erase import erase as run_erase, resolve_config
     from .loading import DEFAULT_MODEL, load_base
     from .selection import select_parameters
+    from .training import erase as run_erase
 
-    explicit = {k for k, v in settings.items() if v is not None}
-    explicit = {k for k in explicit if not (k == "preserve" and not settings[k])}
-    fields = {k: settings[k] for k in explicit}
-    if "preserve" in fields:
-        fields["preserve"] = list(fields["preserve"])
-    config = EraseConfig(concepts=list(concepts), method=method, **fields).validate()
+    overrides = {k: v for k, v in settings.items() if v is not None and v != ()}
+    if "preserve" in overrides:
+        overrides["preserve"] = list(overrides["preserve"])
+    # Bad settings fail here, in one line, before the model loads.
+    EraseConfig.for_model("toy" if model == "toy" else "sd", list(concepts), method, **overrides)
     if out is None:
         out = Path(f"esd-{_slug(concepts[0])}-{_slug(method)}")
+    if not dry_run:
+        prepare_output(out, overwrite=overwrite, resume=resume)
+    base = load_base(model or DEFAULT_MODEL, allow_pickle=allow_pickle, config=model_config)
+    config = EraseConfig.for_model(base, list(concepts), method, **overrides)
     if dry_run:
-        base = load_base(model or DEFAULT_MODEL, allow_pickle=allow_pickle, config=model_config)
-        config = resolve_config(config, base, explicit)
         selection = select_parameters(base.unet, config.method)
         click.echo(base.describe())
         click.echo(selection.summary())
@@ -205,12 +207,9 @@ def erase(concepts, method, model, out, device, resume, overwrite, dry_run, quie
             click.echo(f"  {name}")
         click.echo(f"settings: {config.to_dict()}")
         return
-    from .fold import prepare_output
-
-    prepare_output(out, overwrite=overwrite, resume=resume)
-    base = load_base(model or DEFAULT_MODEL, allow_pickle=allow_pickle, config=model_config)
-    result = run_erase(config, base, out, overwrite=overwrite, resume=resume, device=device,
-                       progress=not quiet, explicit=explicit)
+    # The CLI owns this base model: train it in place rather than hold a second UNet.
+    result = run_erase(base, out=out, config=config, overwrite=overwrite, resume=resume, device=device,
+                       progress=not quiet, inplace=True)
     m = result.manifest
     click.echo(f"erased {', '.join(repr(c) for c in config.concepts)} with ESD-{config.method} in "
                f"{m['training']['seconds']:.1f}s ({m['trained']['summary']}); wrote {out}")
@@ -232,14 +231,11 @@ def apply_delta(edit, model, unet_dir, out, revert, no_check, overwrite):
     EDIT is an erase output directory or its esd_delta.safetensors. Deltas stack: apply
     one edit's delta, then another's whose base is the first result.
     """
-    import shutil
-
-    from .errors import OutputExistsError
-    from .fold import apply_delta as run_apply, read_delta
+    from .delta import apply_delta as run_apply, read_delta
+    from .files import atomic_dir, check_output
     from .loading import load_base
 
-    if out.exists() and not overwrite:
-        raise OutputExistsError(f"output {out} already exists: pass --overwrite to replace it, or choose another --out")
+    check_output(out, overwrite)
     if unet_dir is not None:
         from diffusers import UNet2DConditionModel
 
@@ -249,13 +245,9 @@ def apply_delta(edit, model, unet_dir, out, revert, no_check, overwrite):
         if not model:
             raise click.UsageError("the delta names no base model: pass --model or --unet")
         unet = load_base(model).unet
-    run_apply(unet, edit, revert=revert, check=not no_check)
-    tmp = out.parent / f".{out.name}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    unet.save_pretrained(tmp, safe_serialization=True)
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
+    unet = run_apply(unet, edit, revert=revert, check=not no_check, inplace=True)  # the UNet is ours
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        unet.save_pretrained(tmp, safe_serialization=True)
     click.echo(f"{'reverted' if revert else 'applied'} {edit}; wrote {out}")
 
 
@@ -376,42 +368,14 @@ def export(source, fmt, out, precision, opset, dynamic, max_batch_size, overwrit
     Without SOURCE, the newest erase output in the current directory is used (and named).
     Every ONNX export passes a parity check against PyTorch or is not written.
     """
-    from .errors import ConfigError, OutputExistsError
+    from .export import export as run_export
 
     if source is None:
         source = _latest_erase_output()
         click.echo(f"exporting {source} (newest erase output here)")
-    out = out or source.parent / f"{source.name}-{fmt}"
-    if out.exists() and not overwrite:
-        raise OutputExistsError(f"output {out} already exists: pass --overwrite to replace it, or choose another --out")
-    from .export import export_onnx, write_triton_repository
-
-    if fmt == "tensorrt":
-        from .export.tensorrt import Profile, _require_tensorrt, build_engine
-
-        _require_tensorrt()  # fail in one line before the ONNX export on machines without a GPU
-        precision = precision or "fp16"
-        onnx_dir = out / "onnx"
-        result = export_onnx(source, onnx_dir, precision="fp32", opset=opset, overwrite=overwrite)
-        info = build_engine(onnx_dir, out / "unet.plan", precision=precision,
-                            profile=Profile.dynamic() if dynamic else None, overwrite=overwrite)
-        click.echo(f"built {out / 'unet.plan'} ({precision}, TensorRT {info.tensorrt}, {info.gpu}) in "
-                   f"{info.build_seconds:.1f}s; ONNX parity {result.parity.max_abs_diff:.2g}")
-        return
-    if precision == "bf16":
-        raise ConfigError("ONNX export precision must be fp32 or fp16 (bf16 is for TensorRT engines)")
-    if fmt == "onnx":
-        result = export_onnx(source, out, precision=precision or "fp32", opset=opset, overwrite=overwrite)
-        click.echo(f"wrote {result.model_path} ({result.precision}, opset {opset}) in {result.seconds:.1f}s; "
-                   f"parity max |diff| {result.parity.max_abs_diff:.2g} <= {result.parity.tolerance:g}")
-        return
-    import tempfile
-
-    with tempfile.TemporaryDirectory(dir=out.parent if out.parent.exists() else None) as tmp:
-        result = export_onnx(source, Path(tmp) / "onnx", precision=precision or "fp32", opset=opset)
-        write_triton_repository(Path(tmp) / "onnx", out, max_batch_size=max_batch_size, overwrite=overwrite)
-    click.echo(f"wrote Triton repository {out} (onnxruntime_onnx, {result.precision}, max batch {max_batch_size}); "
-               f"parity max |diff| {result.parity.max_abs_diff:.2g}")
+    result = run_export(source, fmt, out, precision=precision, opset=opset, dynamic=dynamic,
+                        max_batch_size=max_batch_size, overwrite=overwrite)
+    click.echo(result.describe())
 
 
 EPILOG_BENCH = """\b

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from .errors import ConfigError
+
+if TYPE_CHECKING:
+    from .loading import BaseModel
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 SAMPLERS = ("edited", "frozen")
@@ -46,13 +50,34 @@ class EraseConfig:
     seed: int = 0  # seeds noise, t_enc and concept choice
     checkpoint_every: int = 100  # steps between resumable checkpoints (0: only on interrupt)
 
+    def __post_init__(self):
+        # Own copies, normalised: a list the caller passed is never aliased or changed.
+        self.concepts = [c.strip() for c in ([self.concepts] if isinstance(self.concepts, str) else self.concepts)]
+        self.preserve = [p.strip() for p in ([self.preserve] if isinstance(self.preserve, str) else self.preserve)]
+
+    @classmethod
+    def for_model(cls, base: "BaseModel | str", concepts: str | list[str], method: str = "x",
+                  **overrides) -> "EraseConfig":
+        """The settings for erasing ``concepts`` from ``base``: the paper's defaults, then the
+        model's own (the toy world's, tuned against its judge), then ``overrides``.
+
+            >>> EraseConfig.for_model(load_base("toy"), "circle", method="u").steps
+            100
+            >>> EraseConfig.for_model("sd1", "van gogh", lr=2e-5).lr     # a family name works too
+            2e-05
+        """
+        family = base if isinstance(base, str) else base.family
+        known = {f.name for f in dataclasses.fields(cls)} - {"concepts", "method"}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise ConfigError(f"unknown erase setting '{unknown[0]}': choose from {', '.join(sorted(known))}")
+        defaults = toy_defaults(method) if family == "toy" else {}
+        return cls(concepts=concepts, method=method, **{**defaults, **overrides}).validate()
+
     def validate(self) -> "EraseConfig":
-        if isinstance(self.concepts, str):
-            self.concepts = [self.concepts]
-        self.concepts = [c.strip() for c in self.concepts]
+        """Check every setting; raise ConfigError naming the first bad one. Returns self."""
         if not self.concepts or any(not c for c in self.concepts):
             raise ConfigError("concept must be a non-empty prompt, e.g. --concept \"van gogh\"")
-        self.preserve = [p.strip() for p in self.preserve]
         if any(not p for p in self.preserve):
             raise ConfigError("preserve prompts must be non-empty")
         overlap = set(self.concepts) & set(self.preserve)

@@ -26,7 +26,6 @@ into the output directory, and merges the scores into the artifact's esd.json an
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 from dataclasses import asdict, dataclass, field, replace
@@ -37,8 +36,8 @@ from PIL import Image
 
 from .data import PromptRow, concept_matches, load_prompts
 from .errors import ConfigError
-from .fold import load_edited_unet, load_manifest, update_manifest
-from .generate import GenerationConfig, generate, image_grid
+from .artifact import load_edited_unet, load_manifest, update_manifest
+from .generation import GenerationConfig, generate, image_grid
 from .loading import BaseModel, load_base, weights_hash
 from .scorers import NUDENET_THRESHOLD, Scorer, make_scorer
 
@@ -349,7 +348,7 @@ def sweep(edited_dir: str | Path, etas: list[float], *, base_model: str | None =
     and sweep.png (rates against η, and the erasure/interference trade-off) to ``output_dir``
     [``edited_dir/sweep``]. The artifact itself is not changed."""
     from .config import EraseConfig
-    from .erase import train
+    from .training import train
 
     if not etas or any(not e > 0 for e in etas):
         raise ConfigError(f"η values must be > 0, got {etas}: e.g. --eta 0.5 --eta 1 --eta 2")
@@ -364,20 +363,15 @@ def sweep(edited_dir: str | Path, etas: list[float], *, base_model: str | None =
     before = measure(plan.base, plan.sets, plan.scorer, n, config)
     base_summary = EvalReport("", "", n, seed, {}, plan.protocol, compare(before, before)).summary()
     report = SweepReport(str(edited_dir), plan.base.source, erase_config.to_dict(), plan.protocol, n, base_summary)
-    original = copy.deepcopy(plan.base.unet.state_dict())  # train() edits the base UNet in place
-    try:
-        for eta in sorted(etas):
-            state = train(plan.base, replace(erase_config, negative_guidance=float(eta)), device=device, progress=progress)
-            after = measure(plan.base, plan.sets, plan.scorer, n, config, unet=state.unet)
-            rows = compare(before, after)
-            report.points.append({"eta": float(eta), "erase_seconds": round(state.seconds, 1),
-                                  "edited_hash": weights_hash(state.unet),
-                                  "summary": EvalReport("", "", n, seed, {}, plan.protocol, rows).summary(),
-                                  "rows": [asdict(r) for r in rows]})
-            logger.info("eta %g: %s", eta, report.points[-1]["summary"])
-            plan.base.unet.load_state_dict(original)
-    finally:
-        plan.base.unet.load_state_dict(original)
+    for eta in sorted(etas):  # each erase starts from the base (train() edits a copy)
+        state = train(plan.base, replace(erase_config, negative_guidance=float(eta)), device=device, progress=progress)
+        after = measure(plan.base, plan.sets, plan.scorer, n, config, unet=state.unet)
+        rows = compare(before, after)
+        report.points.append({"eta": float(eta), "erase_seconds": round(state.seconds, 1),
+                              "edited_hash": weights_hash(state.unet),
+                              "summary": EvalReport("", "", n, seed, {}, plan.protocol, rows).summary(),
+                              "rows": [asdict(r) for r in rows]})
+        logger.info("eta %g: %s", eta, report.points[-1]["summary"])
     (out / "sweep.json").write_text(json.dumps(asdict(report), indent=2) + "\n")
     (out / "sweep.md").write_text(report.markdown())
     plot_sweep(report, out / "sweep.png")

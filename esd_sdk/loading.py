@@ -58,6 +58,24 @@ class BaseModel:
     def unet(self):
         return self.pipeline.unet
 
+    def with_components(self, **components) -> "BaseModel":
+        """A new BaseModel whose pipeline shares every component but those given (e.g. ``unet=``).
+
+        The pipeline object is new, so its settings (progress bar, a swapped UNet) never touch
+        this one's; the weights are shared, not copied.
+        """
+        import dataclasses
+        import inspect
+
+        pipe = self.pipeline
+        unknown = sorted(set(components) - set(pipe.components))
+        if unknown:
+            raise ValueError(f"{type(pipe).__name__} has no component {unknown[0]}")
+        params = inspect.signature(type(pipe).__init__).parameters
+        settings = {k: pipe.config[k] for k in params if k not in pipe.components and k in pipe.config}
+        new = type(pipe)(**{**pipe.components, **components}, **settings)
+        return dataclasses.replace(self, pipeline=new)
+
     @property
     def uses_added_conditioning(self) -> bool:
         """SDXL's pooled text embeddings and size/crop time ids."""
@@ -229,11 +247,14 @@ def load_base(model: str | Path = DEFAULT_MODEL, *, allow_pickle: bool = False, 
     from diffusers.utils import logging as diffusers_logging
 
     # The per-component loading bar is noise next to our own progress bars and one-line errors.
+    # diffusers has only a process-wide switch: turn it off for the load, then back to what it was.
+    was_enabled = diffusers_logging.is_progress_bar_enabled()
     diffusers_logging.disable_progress_bar()
     try:
         return _load(str(model), allow_pickle, torch_dtype, config)
     finally:
-        diffusers_logging.enable_progress_bar()
+        if was_enabled:
+            diffusers_logging.enable_progress_bar()
 
 
 def _load(source: str, allow_pickle: bool, torch_dtype, config) -> BaseModel:

@@ -2,7 +2,7 @@
 
 Two full fp32 UNets (a trained copy and a frozen copy), separate conditional and
 unconditional calls, no batching, no checkpointing, no autocast: the algorithm as the
-paper states it. The engine in `esd_sdk.erase` must produce the same weights from the same
+paper states it. The engine in `esd_sdk.training` must produce the same weights from the same
 seed (tests check it), and `benchmarks/erase_bench.py` measures how much faster and leaner
 the engine is. It consumes random numbers in the engine's order so the two stay comparable.
 """

@@ -43,8 +43,9 @@ def mid_unet_config() -> dict:
 
 
 def sd1_unet_config() -> dict:
-    """diffusers' default UNet2DConditionModel config: the SD 1.x architecture (860M parameters)."""
-    return {}
+    """The SD 1.x UNet (859.5M parameters): diffusers' default UNet2DConditionModel blocks, with
+    SD 1.x's 64x64 latents and 768-wide CLIP text states (diffusers' defaults are None and 1280)."""
+    return dict(sample_size=64, cross_attention_dim=768)
 
 
 def build_random_sd(directory: str | Path, unet_config: dict | None = None, prediction_type: str = "epsilon",

@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -30,8 +28,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import ConfigError, ExportError, ModelNotFoundError, OutputExistsError, ParityError, require
-from ..fold import package_versions
+from ..errors import ConfigError, ModelNotFoundError, ParityError, require
+from ..files import atomic_dir, check_output
+from ..artifact import package_versions, resolve_unet
 from ..loading import weights_hash
 
 logger = logging.getLogger(__name__)
@@ -40,7 +39,7 @@ METADATA_NAME = "esd_export.json"
 MODEL_NAME = "model.onnx"
 PRECISIONS = ("fp32", "fp16")
 TOLERANCES = {"fp32": 1e-4, "fp16": 5e-2}
-TWO_GB = 2 * 1024**3
+EXTERNAL_DATA_BYTES = 2 * 1024**3 - 64 * 1024**2  # protobuf's 2 GB limit, with room for the graph
 
 
 
@@ -75,28 +74,6 @@ class OnnxExport:
     external_data: bool = False
     versions: dict = field(default_factory=dict)
     unet_config: dict = field(default_factory=dict)
-
-
-def resolve_unet(source: str | Path):
-    """Load the UNet of an erase output directory, a standalone UNet directory or a pipeline directory.
-    Returns (unet, manifest or None)."""
-    from diffusers import UNet2DConditionModel
-
-    from ..fold import MANIFEST_NAME, UNET_DIR
-
-    path = Path(source)
-    if not path.exists():
-        raise ModelNotFoundError(f"export input {path} does not exist: pass an erase output directory, a UNet "
-                                 "directory or a diffusers pipeline directory")
-    manifest = json.loads((path / MANIFEST_NAME).read_text()) if (path / MANIFEST_NAME).is_file() else None
-    for candidate in (path / UNET_DIR, path):
-        if (candidate / "config.json").is_file():
-            config = json.loads((candidate / "config.json").read_text())
-            if config.get("_class_name") != "UNet2DConditionModel":
-                raise ConfigError(f"{candidate} holds a {config.get('_class_name')}, not a UNet2DConditionModel")
-            return UNet2DConditionModel.from_pretrained(candidate, use_safetensors=True).eval(), manifest
-    raise ModelNotFoundError(f"no UNet in {path}: pass an erase output directory (with unet/), a UNet directory "
-                             "(config.json + safetensors) or a pipeline directory")
 
 
 def _onnx_config(unet, precision: str):
@@ -189,10 +166,12 @@ def check_parity(unet, model_path: Path, precision: str, tolerance: float | None
 
 
 def _convert_fp16(model_path: Path) -> None:
+    """Convert an fp32 export to fp16 in place. The fp32 external data (SD-size UNets) is removed,
+    and the fp16 weights go inline, or into one external file when they pass protobuf's 2 GB."""
     import onnx
     from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
-    model = onnx.load(str(model_path))
+    model = onnx.load(str(model_path))  # with its external data
     # Constant nodes become initializers, so that the converter can keep the ones feeding
     # fp32-only inputs (Resize scales) in fp32 instead of blindly halving them.
     graph = model.graph
@@ -206,7 +185,12 @@ def _convert_fp16(model_path: Path) -> None:
     # Resize takes its scales as fp32 by the ONNX spec; it runs in fp32 between casts.
     model = convert_float_to_float16(model, keep_io_types=False, disable_shape_infer=True,
                                      op_block_list=list(DEFAULT_OP_BLOCK_LIST) + ["Resize"])
-    onnx.save(model, str(model_path))
+    for stale in model_path.parent.iterdir():  # the fp32 weights: never ship them beside the fp16 model
+        if stale != model_path:
+            stale.unlink()
+    weights = sum(t.ByteSize() for t in model.graph.initializer)
+    onnx.save(model, str(model_path), save_as_external_data=weights > EXTERNAL_DATA_BYTES,
+              all_tensors_to_one_file=True, location=MODEL_NAME + "_data")
 
 
 def export_onnx(source: str | Path, output_dir: str | Path, *, precision: str = "fp32", opset: int = 17,
@@ -216,9 +200,7 @@ def export_onnx(source: str | Path, output_dir: str | Path, *, precision: str = 
         raise ConfigError(f"ONNX precision must be one of {', '.join(PRECISIONS)}, got '{precision}'")
     if opset < 17:
         raise ConfigError(f"opset must be >= 17 (LayerNorm/attention export), got {opset}")
-    out = Path(output_dir)
-    if out.exists() and not overwrite:
-        raise OutputExistsError(f"output {out} already exists: pass --overwrite to replace it, or choose another --out")
+    out = check_output(output_dir, overwrite)
     require("onnx", "onnx")
     require("onnxruntime", "onnx")
     from optimum.exporters.onnx.convert import export as optimum_export
@@ -227,11 +209,9 @@ def export_onnx(source: str | Path, output_dir: str | Path, *, precision: str = 
     unet, manifest = resolve_unet(source)
     w_hash = weights_hash(unet)
     config = _onnx_config(unet, precision)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    (tmp / "unet").mkdir(parents=True)
-    model_path = tmp / "unet" / MODEL_NAME
-    try:
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        (tmp / "unet").mkdir()
+        model_path = tmp / "unet" / MODEL_NAME
         with warnings.catch_warnings():
             # The tracer's notes on shape asserts in diffusers' blocks are expected and not actionable.
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
@@ -253,13 +233,6 @@ def export_onnx(source: str | Path, output_dir: str | Path, *, precision: str = 
                                       "onnxruntime-gpu"),
             unet_config={k: v for k, v in dict(unet.config).items() if isinstance(v, (int, float, str, list, tuple, type(None)))})
         (tmp / METADATA_NAME).write_text(json.dumps(_jsonable(result), indent=2) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     logger.info("exported %s to %s (max |diff| %.2g)", source, out, parity.max_abs_diff)
     return result
 

@@ -68,7 +68,7 @@ def refit_weights(export_dir: str | Path, delta_path: str | Path) -> dict[str, n
     import onnx
     from onnx import numpy_helper
 
-    from ..fold import delta_names, read_delta, shifted
+    from ..delta import delta_names, read_delta, shifted
     from .onnx import MODEL_NAME, load_export_metadata
 
     export_dir = Path(export_dir)

@@ -21,9 +21,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..errors import ConfigError, EngineError, MissingDependencyError, ModelNotFoundError, OutputExistsError, RefitError
+from ..files import atomic_file, write_text
 from .onnx import MODEL_NAME, load_export_metadata
 
 PRECISIONS = ("fp16", "bf16", "fp32")
+ENGINE_NAME = "unet.plan"  # the engine in an `esd-sdk export --format tensorrt` directory
 
 
 @dataclass
@@ -129,9 +131,8 @@ def build_engine(export_dir: str | Path, engine_path: str | Path, *, precision: 
     if serialized is None:
         raise EngineError("TensorRT failed to build the engine (see the TensorRT log above)")
     engine_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = engine_path.with_suffix(".plan.tmp")
-    tmp.write_bytes(bytes(serialized))
-    tmp.replace(engine_path)
+    with atomic_file(engine_path) as tmp:
+        tmp.write_bytes(bytes(serialized))
     cache_path.write_bytes(bytes(config.get_timing_cache().serialize()))
     info = EngineInfo(tensorrt=trt.__version__, gpu=_gpu_name(), precision=precision,
                       profile={k: [list(s) for s in v] for k, v in shapes.items()}, weights_hash=meta["weights_hash"],
@@ -145,7 +146,7 @@ def _info_path(engine_path: Path) -> Path:
 
 
 def _write_info(engine_path: Path, info: EngineInfo) -> None:
-    _info_path(engine_path).write_text(json.dumps(asdict(info), indent=2) + "\n")
+    write_text(_info_path(engine_path), json.dumps(asdict(info), indent=2) + "\n")
 
 
 def load_engine_info(engine_path: str | Path) -> EngineInfo:
@@ -174,7 +175,7 @@ def load_engine(engine_path: str | Path):
 
 def refit_engine(engine_path: str | Path, export_dir: str | Path, delta_path: str | Path) -> EngineInfo:
     """Apply an ESD delta to a refittable engine built from ``export_dir`` (the delta's base), in place."""
-    from ..fold import read_delta
+    from ..delta import read_delta
     from .refit import refit_weights
 
     trt = _require_tensorrt()
@@ -193,9 +194,8 @@ def refit_engine(engine_path: str | Path, export_dir: str | Path, delta_path: st
         raise RefitError(f"refit needs weights the delta does not change ({missing[:3]}...): rebuild the engine instead")
     if not refitter.refit_cuda_engine():
         raise RefitError("TensorRT refit failed: rebuild the engine instead")
-    tmp = engine_path.with_suffix(".plan.tmp")
-    tmp.write_bytes(bytes(engine.serialize()))
-    tmp.replace(engine_path)
+    with atomic_file(engine_path) as tmp:
+        tmp.write_bytes(bytes(engine.serialize()))
     meta = read_delta(delta_path)[1]
     info.weights_hash = meta.get("edited_hash", "unknown")
     info.refits.append({"delta": str(delta_path), "seconds": round(time.perf_counter() - t0, 3),

@@ -12,12 +12,12 @@ Every input carries the batch dimension, the timestep included (the ONNX export 
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 from pathlib import Path
 
-from ..errors import ConfigError, ModelNotFoundError, OutputExistsError
+from ..errors import ConfigError, ModelNotFoundError
+from ..files import atomic_dir, check_output
 from .onnx import METADATA_NAME, load_export_metadata
 
 PLATFORMS = {"onnx": "onnxruntime_onnx", "tensorrt": "tensorrt_plan"}
@@ -146,18 +146,14 @@ def write_triton_repository(export_dir: str | Path, output_dir: str | Path, *, n
         raise ConfigError(f"instance kind must be KIND_GPU or KIND_CPU, got {kind}")
     export_dir, out = Path(export_dir), Path(output_dir)
     meta = load_export_metadata(export_dir)
-    if out.exists() and not overwrite:
-        raise OutputExistsError(f"output {out} already exists: pass --overwrite to replace it, or choose another --out")
+    check_output(out, overwrite)
+    if engine is not None and not Path(engine).is_file():
+        raise ModelNotFoundError(f"engine {engine} does not exist: build it with esd-sdk export --format tensorrt")
     platform = PLATFORMS["tensorrt" if engine else "onnx"]
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    version = tmp / name / "1"
-    try:
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        version = tmp / name / "1"
         version.mkdir(parents=True)
         if engine:
-            engine = Path(engine)
-            if not engine.is_file():
-                raise ModelNotFoundError(f"engine {engine} does not exist: build it with esd-sdk export --format tensorrt")
             shutil.copy2(engine, version / "model.plan")
         else:
             for f in (export_dir / "unet").iterdir():
@@ -165,10 +161,4 @@ def write_triton_repository(export_dir: str | Path, output_dir: str | Path, *, n
         config = triton_config(meta, name, platform, max_batch_size, kind)
         (tmp / name / "config.pbtxt").write_text(to_pbtxt(config) + "\n")
         shutil.copy2(export_dir / METADATA_NAME, tmp / name / METADATA_NAME)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out

@@ -8,12 +8,13 @@ latency benchmark and a lightweight HTTP server. Installed as ``esd_sdk.serving`
     >>> image = service.generate("a red circle", seed=0)             # (H, W, 3) floats in [0, 1]
 """
 
+from ..errors import DeadlineExceededError, QueueFullError, ServiceClosedError, ServiceError
 from .pipeline import Limits, Text2ImagePipeline, open_pipeline
 from .runtime import BACKENDS, OnnxRuntime, TensorRTRuntime, TorchRuntime, UNetRuntime, load_runtime
-from ..errors import QueueFullError, ServiceClosedError
-from .service import Request, Result, Service
+from .service import Request, Result, Service, Stats
 
 __all__ = [
-    "BACKENDS", "Limits", "OnnxRuntime", "QueueFullError", "Request", "Result", "Service", "ServiceClosedError",
-    "TensorRTRuntime", "Text2ImagePipeline", "TorchRuntime", "UNetRuntime", "load_runtime", "open_pipeline",
+    "BACKENDS", "DeadlineExceededError", "Limits", "OnnxRuntime", "QueueFullError", "Request", "Result", "Service",
+    "ServiceClosedError", "ServiceError", "Stats", "TensorRTRuntime", "Text2ImagePipeline", "TorchRuntime",
+    "UNetRuntime", "load_runtime", "open_pipeline",
 ]

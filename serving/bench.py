@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 from ..conditioning import Conditioning, encode_prompts
 from ..errors import ConfigError
-from ..fold import load_edited_unet, load_manifest, package_versions
+from ..artifact import load_edited_unet, load_manifest, package_versions
 from ..loading import load_base, weights_hash
 from .pipeline import Text2ImagePipeline
 from .runtime import BACKENDS, load_runtime
@@ -83,22 +83,18 @@ def _ab(a, b, n: int, warmup: int, desc: str, progress: bool) -> tuple[list[floa
 
 
 def _export_for(backend: str, source, work: Path, name: str, precision: str) -> Path:
-    """An ONNX export (and for tensorrt an engine) of ``source`` under ``work``, reused if present."""
-    from ..export.onnx import export_onnx, load_export_metadata
+    """An ONNX export (onnxruntime) or an engine directory (tensorrt) of ``source`` under ``work``,
+    made by `esd_sdk.export` on first use and reused after."""
+    from ..export import export, load_export_metadata
 
-    onnx_dir = work / f"{name}-onnx-{precision if backend == 'onnxruntime' else 'fp32'}"
-    if not (onnx_dir / "esd_export.json").is_file():
-        export_onnx(source, onnx_dir, precision=precision if backend == "onnxruntime" else "fp32", overwrite=True)
+    fmt = "onnx" if backend == "onnxruntime" else "tensorrt"
+    out = work / f"{name}-{fmt}-{precision}"
+    metadata = out / ("esd_export.json" if fmt == "onnx" else "onnx/esd_export.json")
+    if metadata.is_file():
+        logger.info("reusing %s (%s)", out, load_export_metadata(metadata.parent)["weights_hash"][:19])
     else:
-        logger.info("reusing %s (%s)", onnx_dir, load_export_metadata(onnx_dir)["weights_hash"][:19])
-    if backend == "onnxruntime":
-        return onnx_dir
-    from ..export.tensorrt import build_engine
-
-    engine = work / f"{name}-{precision}.plan"
-    if not engine.is_file():
-        build_engine(onnx_dir, engine, precision=precision, overwrite=True)
-    return engine
+        export(source, fmt, out, precision=precision, overwrite=True)
+    return out
 
 
 def benchmark(edited: str | Path, backends: list[str] | None = None, *, base_model: str | None = None,

@@ -18,6 +18,7 @@ UNet call, put a `Service` in front of it.
 
 from __future__ import annotations
 
+import copy
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +28,7 @@ import torch
 
 from ..conditioning import Conditioning, encode_prompts
 from ..errors import ConfigError, ModelNotFoundError, StaleExportError
-from ..generate import GenerationConfig
+from ..generation import GenerationConfig
 from ..loading import BaseModel
 from .runtime import UNetRuntime
 
@@ -49,15 +50,21 @@ class Limits:
 class Text2ImagePipeline:
     """Generate images from prompts with ``runtime`` as the UNet and ``base``'s other components."""
 
-    def __init__(self, base: BaseModel, runtime: UNetRuntime, defaults: GenerationConfig | None = None):
-        self.base = base
+    def __init__(self, base: BaseModel, runtime: UNetRuntime, defaults: GenerationConfig | None = None,
+                 inplace: bool = False):
+        """``base`` supplies the tokenizer(s), text encoder(s), VAE and scheduler config. Those not
+        yet on the runtime's device (or not in eval mode) are used as moved copies, so the caller's
+        modules are left as they were, unless ``inplace=True`` (no copies: the caller's move)."""
         self.runtime = runtime
         self.device = runtime.device
         pipe = base.pipeline
+        moved = {}
         for name in ("text_encoder", "text_encoder_2", "vae"):
             module = getattr(pipe, name, None)
-            if module is not None:
-                module.to(self.device).eval()
+            if module is not None and (module.device != self.device or module.training):
+                moved[name] = (module if inplace else copy.deepcopy(module)).to(self.device).eval()
+        self.base = base.with_components(**moved) if moved else base
+        pipe = self.base.pipeline
         self.vae = pipe.vae
         self.scheduler_class = type(pipe.scheduler)
         self.scheduler_config = pipe.scheduler.config
@@ -170,40 +177,46 @@ class Text2ImagePipeline:
         return images.permute(0, 2, 3, 1).cpu().numpy()
 
 
-def open_pipeline(model: str | Path, backend: str = "torch", unet: str | Path | None = None, *,
+def open_pipeline(model: str | Path | BaseModel, backend: str = "torch", unet: str | Path | None = None, *,
                   device: str | None = None, precision: str = "fp32", compile: bool = False,
                   provider: str | None = None, threads: int | None = None,
                   allow_pickle: bool = False) -> Text2ImagePipeline:
     """A pipeline for ``model`` on ``backend``: the one call a service needs.
 
     Args:
-        model: an erase output directory (its base model with its edited UNet), or any model
-            `esd_sdk.load_base` takes (``toy``, a diffusers directory, a hub id).
+        model: an erase output directory (its base model with its edited UNet), anything
+            `esd_sdk.load_base` takes (``toy``, a diffusers directory, a hub id), or a loaded
+            `BaseModel`, which is left as it was.
         backend: "torch", "onnxruntime" or "tensorrt".
-        unet: for onnxruntime/tensorrt, the `esd-sdk export` output to run; by default
-            ``MODEL-onnx`` / ``MODEL-tensorrt`` next to an erase output, as `esd-sdk export` names them.
-            Its weights hash must match the erase output's UNet.
+        unet: what to run as the UNet: for torch, a UNet or erase output directory [the model's];
+            for onnxruntime/tensorrt, the `esd-sdk export` output [``MODEL-onnx`` / ``MODEL-tensorrt``
+            next to an erase output, as `esd-sdk export` names them]. Its weights hash must match
+            the erase output's UNet.
         device, precision, compile, provider, threads: see `load_runtime`.
     """
-    from ..fold import MANIFEST_NAME, load_edited_unet, load_manifest
+    from ..artifact import is_artifact, load_edited_unet, load_manifest
     from ..loading import load_base
     from .runtime import BACKENDS, load_runtime
 
     if backend not in BACKENDS:
         raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}, got '{backend}'")
-    path = Path(model)
-    manifest = load_manifest(path) if (path / MANIFEST_NAME).is_file() else None
-    base = load_base(manifest["base_model"] if manifest else model, allow_pickle=allow_pickle)
+    owned = not isinstance(model, BaseModel)  # a base we load here is ours to trim and move
+    path = Path(model) if owned else None
+    manifest = load_manifest(path) if owned and is_artifact(path) else None
+    base = load_base(manifest["base_model"] if manifest else model, allow_pickle=allow_pickle) if owned else model
     if backend == "torch":
         if unet is not None:
             source = unet
         else:
             source = load_edited_unet(path) if manifest else base.unet
         runtime = load_runtime(source, "torch", device=device, precision=precision, compile=compile)
-        base.pipeline.unet = runtime.unet  # the base UNet is not served: do not hold it twice
-        return Text2ImagePipeline(base, runtime)
+        # The served UNet replaces the base's in a new pipeline object: a base loaded here is then
+        # freed (only one UNet held); a caller's base keeps its own.
+        return Text2ImagePipeline(base.with_components(unet=runtime.unet), runtime, inplace=owned)
     suffix = "onnx" if backend == "onnxruntime" else "tensorrt"
     if unet is None:
+        if path is None:
+            raise ConfigError(f"pass unet= (the {backend} export to run) with a loaded BaseModel")
         unet = path.parent / f"{path.name}-{suffix}"
         if not unet.exists():
             raise ModelNotFoundError(f"no {backend} export of {model} at {unet}: run `esd-sdk export {model} --format "
@@ -211,8 +224,9 @@ def open_pipeline(model: str | Path, backend: str = "torch", unet: str | Path | 
     runtime = load_runtime(unet, backend, provider=provider, threads=threads)
     if manifest:
         _check_export_matches(Path(unet), backend, manifest["edited_hash"], path)
-    base.pipeline.unet.to("meta")  # only its config is used from here on: free its weights
-    return Text2ImagePipeline(base, runtime)
+    if owned:
+        base.pipeline.unet.to("meta")  # ours, and only its config is used from here on: free its weights
+    return Text2ImagePipeline(base, runtime, inplace=owned)
 
 
 def _check_export_matches(unet: Path, backend: str, expected: str, model: Path) -> None:

@@ -21,6 +21,7 @@ Backends:
 
 from __future__ import annotations
 
+import copy
 import logging
 import threading
 from pathlib import Path
@@ -31,11 +32,11 @@ import torch
 
 from ..conditioning import Conditioning
 from ..errors import ConfigError, MissingDependencyError, ModelNotFoundError, require
+from ..export.tensorrt import ENGINE_NAME
 
 logger = logging.getLogger(__name__)
 
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
-ENGINE_NAME = "unet.plan"  # what esd-sdk export --format tensorrt writes
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -58,7 +59,9 @@ class TorchRuntime:
     backend = "torch"
 
     def __init__(self, unet: torch.nn.Module, device: str | torch.device = "cpu", precision: str = "fp32",
-                 compile: bool = False):
+                 compile: bool = False, inplace: bool = False):
+        """Serve ``unet`` on ``device`` in ``precision``. The caller's module is left as it was (a
+        copy is converted when its device, dtype or mode must change) unless ``inplace=True``."""
         if precision not in DTYPES:
             raise ConfigError(f"precision must be one of {', '.join(DTYPES)}, got '{precision}'")
         self.device = torch.device(device)
@@ -66,10 +69,11 @@ class TorchRuntime:
             raise ConfigError("fp16 UNets are slow or unsupported on the CPU: use --precision fp32 or bf16 there")
         self.dtype = DTYPES[precision]
         self.precision = precision
-        unet = unet.to(self.device)
-        if unet.dtype != self.dtype:
-            unet = unet.to(self.dtype)
-        self.unet = unet.eval().requires_grad_(False)
+        ready = (unet.device == self.device and unet.dtype == self.dtype and not unet.training
+                 and not any(p.requires_grad for p in unet.parameters()))
+        if not ready and not inplace:
+            unet = copy.deepcopy(unet)
+        self.unet = unet.to(device=self.device, dtype=self.dtype).eval().requires_grad_(False)
         self.config = dict(unet.config)
         self.compiled = compile
         self._forward = torch.compile(self.unet, dynamic=False) if compile else self.unet
@@ -248,10 +252,10 @@ def load_runtime(source, backend: str = "torch", *, device: str | None = None, p
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         if isinstance(source, torch.nn.Module):
             return TorchRuntime(source, device, precision, compile)
-        from ..export.onnx import resolve_unet
+        from ..artifact import resolve_unet
 
         unet, _ = resolve_unet(source)
-        return TorchRuntime(unet, device, precision, compile)
+        return TorchRuntime(unet, device, precision, compile, inplace=True)  # loaded here: ours to convert
     path = Path(source)
     if not path.exists():
         raise ModelNotFoundError(f"{path} does not exist: pass the output of esd-sdk export")

@@ -6,9 +6,10 @@ import torch
 
 from esd_sdk import load_base
 from esd_sdk.config import EraseConfig
-from esd_sdk.erase import EraseInterrupted, NonFiniteLossError, _Trainer, erase, train
+from esd_sdk.training import EraseInterrupted, NonFiniteLossError, _Trainer, erase, train
 from esd_sdk.errors import ConfigError, OutputExistsError
-from esd_sdk.fold import DELTA_NAME, MANIFEST_NAME, apply_delta, load_edited_unet, partial_dir
+from esd_sdk.artifact import MANIFEST_NAME, load_edited_unet, partial_dir
+from esd_sdk.delta import DELTA_NAME, apply_delta
 from esd_sdk.loading import weights_hash
 from esd_sdk.reference import ReferenceESD
 
@@ -48,7 +49,7 @@ def test_erase_writes_a_complete_artifact(tiny_sd, tmp_path):
     from diffusers import StableDiffusionPipeline
 
     out = tmp_path / "edit"
-    result = erase(EraseConfig(concepts=["circle"], method="x", preserve=["square"], **FAST), tiny_sd, out, progress=False)
+    result = erase(tiny_sd, out=out, config=EraseConfig(concepts=["circle"], method="x", preserve=["square"], **FAST), progress=False)
     assert sorted(p.name for p in out.iterdir()) == ["README.md", "esd.json", "esd_delta.safetensors", "unet"]
     manifest = json.loads((out / MANIFEST_NAME).read_text())
     assert manifest["concepts"] == ["circle"] and manifest["method"] == "x"
@@ -66,23 +67,25 @@ def test_erase_writes_a_complete_artifact(tiny_sd, tmp_path):
 
 def test_delta_applies_and_reverts_bit_exactly(tiny_sd, tmp_path):
     out = tmp_path / "edit"
-    erase(EraseConfig(concepts=["circle"], method="u", **FAST), tiny_sd, out, progress=False)
+    erase(tiny_sd, out=out, config=EraseConfig(concepts=["circle"], method="u", **FAST), progress=False)
     manifest = json.loads((out / MANIFEST_NAME).read_text())
     unet = load_base(tiny_sd).unet
     base_params = _params(unet)
-    apply_delta(unet, out / DELTA_NAME)
+    applied = apply_delta(unet, out / DELTA_NAME)  # a new UNet; the caller's is left as it was
+    assert applied is not unet and weights_hash(unet) == manifest["base_hash"]
     edited = _params(load_edited_unet(out))
-    assert all(torch.equal(p, edited[n]) for n, p in unet.named_parameters())
-    assert weights_hash(unet) == manifest["edited_hash"]
-    apply_delta(unet, out, revert=True)
-    assert all(torch.equal(p, base_params[n]) for n, p in unet.named_parameters())
+    assert all(torch.equal(p, edited[n]) for n, p in applied.named_parameters())
+    assert weights_hash(applied) == manifest["edited_hash"]
+    reverted = apply_delta(applied, out, revert=True, inplace=True)  # asked for: edits it in place
+    assert reverted is applied
+    assert all(torch.equal(p, base_params[n]) for n, p in applied.named_parameters())
 
 
 def test_delta_refuses_the_wrong_base(tiny_sd, tiny_sd_v, tmp_path):
-    from esd_sdk.fold import DeltaMismatchError
+    from esd_sdk.errors import DeltaMismatchError
 
     out = tmp_path / "edit"
-    erase(EraseConfig(concepts=["circle"], method="x", **FAST), tiny_sd, out, progress=False)
+    erase(tiny_sd, out=out, config=EraseConfig(concepts=["circle"], method="x", **FAST), progress=False)
     other = load_base(tiny_sd_v).unet
     with torch.no_grad():
         next(other.parameters()).add_(1.0)
@@ -108,12 +111,12 @@ def test_interrupt_saves_and_resume_continues_exactly(tiny_sd, tmp_path, monkeyp
     out = tmp_path / "edit"
     _interrupt_at(monkeypatch, 3)
     with pytest.raises(EraseInterrupted, match="--resume"):
-        erase(EraseConfig(**config), tiny_sd, out, progress=False)
+        erase(tiny_sd, out=out, config=EraseConfig(**config), progress=False)
     assert not out.exists() and (partial_dir(out) / "checkpoint" / "state.json").exists()
     monkeypatch.undo()
     with pytest.raises(OutputExistsError, match="--resume"):
-        erase(EraseConfig(**config), tiny_sd, out, progress=False)
-    resumed = erase(EraseConfig(**config), tiny_sd, out, resume=True, progress=False)
+        erase(tiny_sd, out=out, config=EraseConfig(**config), progress=False)
+    resumed = erase(tiny_sd, out=out, config=EraseConfig(**config), resume=True, progress=False)
     assert resumed.state.losses == straight.losses
     a, b = _params(straight.unet), _params(resumed.unet)
     assert all(torch.equal(a[n], b[n]) for n in a)
@@ -123,16 +126,16 @@ def test_resume_refuses_changed_settings(tiny_sd, tmp_path, monkeypatch):
     out = tmp_path / "edit"
     _interrupt_at(monkeypatch, 2)
     with pytest.raises(EraseInterrupted):
-        erase(EraseConfig(concepts=["circle"], **FAST), tiny_sd, out, progress=False)
+        erase(tiny_sd, out=out, config=EraseConfig(concepts=["circle"], **FAST), progress=False)
     monkeypatch.undo()
     with pytest.raises(ConfigError, match="lr differ"):
-        erase(EraseConfig(concepts=["circle"], **{**FAST, "lr": 5e-4}), tiny_sd, out, resume=True, progress=False)
+        erase(tiny_sd, out=out, config=EraseConfig(concepts=["circle"], **{**FAST, "lr": 5e-4}), resume=True, progress=False)
 
 
 def test_non_finite_loss_stops_with_a_clear_error(tiny_sd, tmp_path):
     out = tmp_path / "edit"
     with pytest.raises(NonFiniteLossError, match="lower --lr"):
-        erase(EraseConfig(concepts=["circle"], negative_guidance=1e38, **FAST), tiny_sd, out, progress=False)
+        erase(tiny_sd, out=out, config=EraseConfig(concepts=["circle"], negative_guidance=1e38, **FAST), progress=False)
     assert not out.exists()
 
 
@@ -141,9 +144,9 @@ def test_existing_output_needs_overwrite(tiny_sd, tmp_path):
     out.mkdir()
     (out / "keep.txt").write_text("mine")
     with pytest.raises(OutputExistsError, match="--overwrite"):
-        erase(EraseConfig(concepts=["circle"], **FAST), tiny_sd, out, progress=False)
+        erase(tiny_sd, out=out, config=EraseConfig(concepts=["circle"], **FAST), progress=False)
     assert (out / "keep.txt").read_text() == "mine"
-    erase(EraseConfig(concepts=["circle"], **FAST), tiny_sd, out, overwrite=True, progress=False)
+    erase(tiny_sd, out=out, config=EraseConfig(concepts=["circle"], **FAST), overwrite=True, progress=False)
     assert (out / MANIFEST_NAME).exists() and not (out / "keep.txt").exists()
 
 
@@ -177,7 +180,7 @@ def test_bf16_stores_frozen_layers_low_and_restores_them_exactly(tiny_sd):
     anyway); the trained tensors keep fp32 masters; afterwards every frozen tensor is bit-exact."""
     base = load_base(tiny_sd)
     before = _params(base.unet)
-    trainer = _Trainer(base, EraseConfig(concepts=["circle"], precision="bf16", **FAST), torch.device("cpu"), None)
+    trainer = _Trainer(base, base.unet, EraseConfig(concepts=["circle"], precision="bf16", **FAST), torch.device("cpu"), None)
     params = dict(trainer.unet.named_parameters())
     assert all(params[n].dtype == torch.float32 for n in trainer.trained)
     assert params["conv_in.weight"].dtype == torch.bfloat16
@@ -190,7 +193,7 @@ def test_bf16_stores_frozen_layers_low_and_restores_them_exactly(tiny_sd):
 
 
 def test_low_precision_storage_leaves_the_losses_unchanged(tiny_sdxl, monkeypatch):
-    from esd_sdk import erase as engine
+    from esd_sdk import training as engine
 
     config = dict(concepts=["circle"], precision="bf16", method="u", **FAST)
     stored_low = train(load_base(tiny_sdxl), EraseConfig(**config), progress=False)
@@ -205,3 +208,40 @@ def test_frozen_weights_are_restored_when_training_fails(tiny_sd):
     with pytest.raises(NonFiniteLossError):
         train(base, EraseConfig(concepts=["circle"], precision="bf16", negative_guidance=1e38, **FAST), progress=False)
     assert all(p.dtype == torch.float32 and torch.equal(p, before[n]) for n, p in base.unet.named_parameters())
+
+
+def test_erase_leaves_the_callers_model_as_it_was(tiny_sd):
+    base = load_base(tiny_sd)
+    before, unet = weights_hash(base.unet), base.unet
+    concepts = ["circle"]
+    config = EraseConfig(concepts=concepts, method="x", **FAST)
+    result = erase(base, config=config, progress=False)
+    assert base.unet is unet and weights_hash(base.unet) == before  # base untouched
+    assert result.unet is not base.unet and weights_hash(result.unet) != before
+    assert concepts == ["circle"] and config.concepts is not concepts  # the caller's list is not aliased
+    assert result.manifest is None and result.output_dir is None and result.config.steps == FAST["steps"]
+
+
+def test_erase_inplace_trains_the_callers_unet(tiny_sd):
+    base = load_base(tiny_sd)
+    before = weights_hash(base.unet)
+    result = erase(base, "circle", method="x", inplace=True, progress=False, **FAST)
+    assert result.unet is base.unet and weights_hash(base.unet) != before
+
+
+def test_for_model_takes_model_defaults_then_overrides():
+    toy = EraseConfig.for_model("toy", "circle", method="u")
+    assert (toy.steps, toy.lr, toy.ddim_steps, toy.batch_size) == (100, 2e-4, 10, 4)
+    assert EraseConfig.for_model("toy", "striped", method="x").lr == 2e-3
+    sd = EraseConfig.for_model("sd1", "van gogh")
+    assert (sd.steps, sd.lr, sd.ddim_steps, sd.negative_guidance) == (1000, 1e-5, 50, 1.0)  # the paper's
+    assert EraseConfig.for_model("toy", "circle", method="u", steps=7).steps == 7
+    with pytest.raises(ConfigError, match="unknown erase setting 'step'"):
+        EraseConfig.for_model("toy", "circle", step=7)
+
+
+def test_erase_argument_errors(tiny_sd):
+    with pytest.raises(ConfigError, match="nothing to erase"):
+        erase(tiny_sd)
+    with pytest.raises(ConfigError, match="either config= or concepts"):
+        erase(tiny_sd, "circle", config=EraseConfig(concepts=["circle"]))

@@ -7,16 +7,15 @@ from PIL import Image
 
 from esd_sdk import load_base
 from esd_sdk.cli import cli
-from esd_sdk.config import EraseConfig
-from esd_sdk.erase import erase
+from esd_sdk.training import erase
 from esd_sdk.evaluate import evaluate, sweep
-from esd_sdk.fold import load_manifest
+from esd_sdk.artifact import load_manifest
 
 
 @pytest.fixture(scope="module")
 def erased_circle(tmp_path_factory):
     out = tmp_path_factory.mktemp("eval") / "erased-circle"
-    erase(EraseConfig(concepts=["circle"], method="u"), "toy", out, progress=False, explicit=set())
+    erase("toy", "circle", method="u", out=out, progress=False)
     return out
 
 

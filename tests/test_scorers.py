@@ -10,10 +10,10 @@ from click.testing import CliRunner
 from esd_sdk.cli import cli
 from esd_sdk.config import EraseConfig
 from esd_sdk.data import PROMPTS_DIR, PromptRow, load_prompts
-from esd_sdk.erase import erase
+from esd_sdk.training import erase
 from esd_sdk.errors import ConfigError, ModelNotFoundError
 from esd_sdk.evaluate import csv_prompt_sets
-from esd_sdk.fold import load_manifest
+from esd_sdk.artifact import load_manifest
 from esd_sdk.scorers import ClipScorer, NudeNetScorer, ResNetScorer, ToyJudgeScorer
 from esd_sdk.testing import _text_config, _tokenizer
 from esd_sdk.toy.world import render
@@ -145,7 +145,7 @@ def test_prompt_csvs_are_checked(tmp_path):
 @pytest.fixture(scope="module")
 def erased_tiny_sd(tiny_sd, tmp_path_factory):
     out = tmp_path_factory.mktemp("eval_sd") / "esd-van-gogh"
-    erase(EraseConfig(concepts=["van gogh"], method="x", steps=2, lr=1e-2, ddim_steps=2), tiny_sd, out, progress=False)
+    erase(tiny_sd, out=out, config=EraseConfig(concepts=["van gogh"], method="x", steps=2, lr=1e-2, ddim_steps=2), progress=False)
     return out
 
 

@@ -5,7 +5,7 @@ import torch
 
 from esd_sdk import load_base
 from esd_sdk.config import EraseConfig
-from esd_sdk.erase import resolve_config, train
+from esd_sdk.training import train
 from esd_sdk.toy import object_rates
 from esd_sdk.toy.world import COLOUR_NAMES, OBJECTS
 
@@ -24,7 +24,7 @@ def base():
 
 
 def _erase(base, concept, method):
-    config = resolve_config(EraseConfig(concepts=[concept], method=method), base)
+    config = EraseConfig.for_model(base, concept, method)
     return train(base, config, progress=False).unet
 
 

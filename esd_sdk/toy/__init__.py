@@ -44,7 +44,7 @@ def object_rates(base, prompts_by_key: dict[str, list[str]], n: int = 8, seed: i
     """For each key, the fraction of images (over all its prompts, ``n`` each) in which the
     judge sees the attribute the prompt names. Same seeds for every model: base and edited
     rates differ by the edit, not by sampling noise."""
-    from ..generate import generate
+    from ..generation import generate
 
     judge = load_judge()
     keys, prompts = [], []

@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 
-from ..generate import GenerationConfig, generate
+from ..generation import GenerationConfig, generate
 from ..loading import BaseModel, load_base
 from . import load_judge
 from .world import COLOUR_NAMES, OBJECTS, STYLES

@@ -5,16 +5,17 @@ import onnx
 import pytest
 
 from esd_sdk.config import EraseConfig
-from esd_sdk.erase import erase
+from esd_sdk.training import erase
 from esd_sdk.errors import ConfigError, ModelNotFoundError, OutputExistsError
 from esd_sdk.export import ParityError, check_parity, export_onnx, refit_onnx
-from esd_sdk.export.onnx import _dummy_inputs, _torch_forward, resolve_unet
+from esd_sdk.artifact import resolve_unet
+from esd_sdk.export.onnx import _dummy_inputs, _torch_forward
 
 
 @pytest.fixture(scope="module")
 def edited(tiny_sd, tmp_path_factory):
     out = tmp_path_factory.mktemp("edit") / "edit"
-    erase(EraseConfig(concepts=["circle"], method="x", steps=3, lr=1e-2, ddim_steps=4), tiny_sd, out, progress=False)
+    erase(tiny_sd, out=out, config=EraseConfig(concepts=["circle"], method="x", steps=3, lr=1e-2, ddim_steps=4), progress=False)
     return out
 
 
@@ -141,3 +142,55 @@ def test_exports_the_bundled_toy_unet(tmp_path):
 
     result = export_onnx(toy_model_path(), tmp_path / "toy")
     assert result.parity.max_abs_diff <= 1e-4 and result.unet_config["cross_attention_dim"] == 64
+
+
+def _files_and_modes(root):
+    import stat
+
+    return {str(p.relative_to(root)): oct(stat.S_IMODE(p.stat().st_mode)) for p in sorted(root.rglob("*"))}
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_an_export_ships_exactly_its_files_readable_by_others(tiny_sd, tmp_path, precision):
+    import os
+
+    old = os.umask(0o022)
+    try:
+        export_onnx(tiny_sd, tmp_path / "out", precision=precision)
+    finally:
+        os.umask(old)
+    assert _files_and_modes(tmp_path / "out") == {
+        "esd_export.json": "0o644", "unet": "0o755", "unet/model.onnx": "0o644", "unet/refit_map.json": "0o644"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_fp16_conversion_drops_the_fp32_external_data(tiny_sd, tmp_path):
+    """SD-size fp32 exports keep their weights in model.onnx_data; the fp16 model must not ship it."""
+    from esd_sdk.export.onnx import _convert_fp16
+
+    src = export_onnx(tiny_sd, tmp_path / "fp32").model_path
+    model_dir = tmp_path / "big" / "unet"
+    model_dir.mkdir(parents=True)
+    onnx.save(onnx.load(str(src)), str(model_dir / "model.onnx"), save_as_external_data=True,
+              all_tensors_to_one_file=True, location="model.onnx_data", size_threshold=0)
+    fp32_bytes = sum(p.stat().st_size for p in model_dir.iterdir())
+    assert (model_dir / "model.onnx_data").stat().st_size > 0.9 * fp32_bytes
+    _convert_fp16(model_dir / "model.onnx")
+    assert sorted(p.name for p in model_dir.iterdir()) == ["model.onnx"]  # inline: under the 2 GB limit
+    assert (model_dir / "model.onnx").stat().st_size < 0.6 * fp32_bytes
+    _ort(model_dir / "model.onnx", {k: v.astype(np.float16) if v.dtype == np.float32 else v
+                                    for k, v in _dummy_inputs(resolve_unet(tiny_sd)[0], 2, 16).items()})
+
+
+def test_esd_sdk_export_is_one_call_for_every_format(edited, tmp_path):
+    import esd_sdk
+
+    result = esd_sdk.export(edited, format="onnx")  # the module is callable
+    assert result.directory == edited.parent / f"{edited.name}-onnx" and result.onnx.parity.max_abs_diff <= 1e-4
+    repo = esd_sdk.export(edited, format="triton", out=tmp_path / "repo", max_batch_size=4)
+    assert (tmp_path / "repo" / "unet" / "1" / "model.onnx").is_file() and repo.format == "triton"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no work directories left
+    with pytest.raises(OutputExistsError):
+        esd_sdk.export(edited, format="onnx")
+    with pytest.raises(ConfigError, match="format must be one of"):
+        esd_sdk.export(edited, format="coreml", out=tmp_path / "x")

@@ -40,12 +40,12 @@ def test_profile_shapes(tiny_sd):
 @pytest.mark.skipif(not HAS_TRT, reason="needs tensorrt and a CUDA GPU")
 def test_build_and_refit(tiny_sd, tmp_path):
     from esd_sdk.config import EraseConfig
-    from esd_sdk.erase import erase
+    from esd_sdk.training import erase
     from esd_sdk.export import export_onnx
     from esd_sdk.export.tensorrt import refit_engine
 
     edit = tmp_path / "edit"
-    erase(EraseConfig(concepts=["circle"], steps=2, lr=1e-2, ddim_steps=3), tiny_sd, edit, progress=False)
+    erase(tiny_sd, out=edit, config=EraseConfig(concepts=["circle"], steps=2, lr=1e-2, ddim_steps=3), progress=False)
     export_onnx(tiny_sd, tmp_path / "onnx")
     info = build_engine(tmp_path / "onnx", tmp_path / "unet.plan", profile=Profile(sequence_length=16))
     refit = refit_engine(tmp_path / "unet.plan", tmp_path / "onnx", edit)

@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 
 from esd_sdk.config import EraseConfig
-from esd_sdk.erase import erase
+from esd_sdk.training import erase
 
 
 @pytest.fixture(scope="package")
 def edited(tiny_sd, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("serving") / "edited"
-    erase(EraseConfig(concepts=["circle"], method="x", steps=3, lr=1e-2, ddim_steps=4), tiny_sd, out, progress=False)
+    erase(tiny_sd, out=out, config=EraseConfig(concepts=["circle"], method="x", steps=3, lr=1e-2, ddim_steps=4), progress=False)
     return out
 
 

@@ -76,26 +76,26 @@ def generate(base: BaseModel, prompts: str | list[str], n: int = 1, seed: int = 
     if n <= 0:
         raise ConfigError(f"number of images must be positive, got {n}")
     config = (config or GenerationConfig.for_model(base)).validate()
-    pipe = base.pipeline
-    original_unet = pipe.unet
+    # A pipeline object of our own that shares the weights, with its own scheduler (which keeps
+    # per-call state): the caller's pipeline is never touched, so concurrent calls are safe.
+    scheduler = base.pipeline.scheduler
+    own = {"scheduler": type(scheduler).from_config(scheduler.config)}
     if unet is not None:
-        pipe.unet = unet
+        own["unet"] = unet
+    pipe = base.with_components(**own).pipeline
     pipe.set_progress_bar_config(disable=not progress)
     device = pipe.unet.device
     jobs = [(p, seed + i) for p in prompts for i in range(n)]
     out = []
-    try:
-        for start in range(0, len(jobs), config.batch_size):
-            chunk = jobs[start:start + config.batch_size]
-            generators = [torch.Generator(device="cpu").manual_seed(s) for _, s in chunk]
-            # Same seed -> same initial latents whatever the batch composition.
-            result = pipe(
-                prompt=[p for p, _ in chunk], num_inference_steps=config.num_inference_steps,
-                guidance_scale=config.guidance_scale, generator=generators, output_type="np",
-            )
-            out.append(result.images)
-    finally:
-        pipe.unet = original_unet
+    for start in range(0, len(jobs), config.batch_size):
+        chunk = jobs[start:start + config.batch_size]
+        generators = [torch.Generator(device="cpu").manual_seed(s) for _, s in chunk]
+        # Same seed -> same initial latents whatever the batch composition.
+        result = pipe(
+            prompt=[p for p, _ in chunk], num_inference_steps=config.num_inference_steps,
+            guidance_scale=config.guidance_scale, generator=generators, output_type="np",
+        )
+        out.append(result.images)
     logger.debug("generated %d images on %s", len(jobs), device)
     return np.concatenate(out).astype(np.float32)
 

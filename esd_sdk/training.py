@@ -27,9 +27,9 @@ back when training ends (also on error or Ctrl-C); the trained tensors keep fp32
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import logging
-import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -41,14 +41,14 @@ from torch.func import functional_call
 from torch.nn import functional as F
 
 from .conditioning import Conditioning, encode_prompts
-from .config import EraseConfig, toy_defaults
+from .artifact import CHECKPOINT_DIR, partial_dir, prepare_output, write_artifact
+from .config import EraseConfig
 from .errors import ConfigError, EraseInterrupted, NonFiniteLossError
+from .files import atomic_dir
 from .loading import BaseModel, load_base, weights_hash
 from .selection import Selection, select_parameters
 
 logger = logging.getLogger(__name__)
-
-CHECKPOINT_DIR = "checkpoint"
 
 
 
@@ -58,6 +58,7 @@ class EraseState:
     """What a finished (or interrupted) training run leaves in memory."""
 
     unet: torch.nn.Module  # the edited UNet, fp32
+    config: EraseConfig
     selection: Selection
     original: dict[str, torch.Tensor]  # name -> original value of each trained tensor (fp32, CPU)
     base_hash: str
@@ -66,13 +67,29 @@ class EraseState:
     step: int = 0
 
 
-def resolve_config(config: EraseConfig, base: BaseModel, explicit: set[str] = frozenset()) -> EraseConfig:
-    """Apply model-specific defaults (the toy world's) to settings the caller did not set."""
-    if base.family == "toy":
-        for key, value in toy_defaults(config.method).items():
-            if key not in explicit:
-                setattr(config, key, value)
-    return config.validate()
+@dataclass
+class EraseResult:
+    """What `esd_sdk.erase` returns: the edited UNet, how it was trained, and where it was written."""
+
+    state: EraseState
+    output_dir: Path | None = None  # the erase output directory, when one was written
+    manifest: dict | None = None  # its esd.json
+
+    @property
+    def unet(self) -> torch.nn.Module:
+        return self.state.unet
+
+    @property
+    def config(self) -> EraseConfig:
+        return self.state.config
+
+    @property
+    def losses(self) -> list[float]:
+        return self.state.losses
+
+    @property
+    def seconds(self) -> float:
+        return self.state.seconds
 
 
 class _LowPrecisionFrozen:
@@ -133,10 +150,11 @@ def _autocast(device: torch.device, precision: str):
 class _Trainer:
     """Holds the pieces of one erase run; `run` is the training loop."""
 
-    def __init__(self, base: BaseModel, config: EraseConfig, device: torch.device, checkpoint_dir: Path | None):
+    def __init__(self, base: BaseModel, unet: torch.nn.Module, config: EraseConfig, device: torch.device,
+                 checkpoint_dir: Path | None):
         self.base, self.config, self.device = base, config, device
         self.checkpoint_dir = checkpoint_dir
-        self.unet = base.unet.to(device)
+        self.unet = unet.to(device)
         if self.unet.dtype != torch.float32:
             self.unet.to(dtype=torch.float32)  # fp32 master weights; autocast does the low precision
         self.unet.requires_grad_(False)
@@ -171,7 +189,7 @@ class _Trainer:
         cond = encode_prompts(base, prompts, device, config.resolution).to(device, torch.float32)
         self.uncond, self.concepts = cond.index([0]), cond.index(list(range(1, 1 + len(config.concepts))))
         self.preserve = cond.index(list(range(1 + len(config.concepts), len(prompts)))) if config.preserve else None
-        size = config.resolution or base.unet.config.sample_size * base.pipeline.vae_scale_factor
+        size = config.resolution or self.unet.config.sample_size * base.pipeline.vae_scale_factor
         scale = base.pipeline.vae_scale_factor
         if size % scale:
             raise ConfigError(f"resolution {size} is not a multiple of the VAE's factor {scale}")
@@ -266,9 +284,6 @@ class _Trainer:
         """Everything needed to continue exactly: trained tensors, Adam moments, RNG, trajectory."""
         if self.checkpoint_dir is None:
             return
-        tmp = self.checkpoint_dir.with_name(self.checkpoint_dir.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
         tensors = {f"param/{n}": p.detach().cpu().contiguous() for n, p in self.trained.items()}
         steps = {}
         for n, p in self.trained.items():
@@ -280,17 +295,12 @@ class _Trainer:
         tensors["rng/generator"] = self.generator.get_state()
         if self.trajectory is not None:
             tensors["rng/trajectory"] = self.trajectory.cpu().contiguous()
-        save_file(tensors, str(tmp / "state.safetensors"))
-        (tmp / "state.json").write_text(json.dumps({
-            "step": self.step, "config": self.config.to_dict(), "base_hash": self.base_hash,
-            "adam_steps": steps, "scaler": self.scaler.state_dict(), "losses": self.losses,
-        }) + "\n")
-        old = self.checkpoint_dir.with_name(self.checkpoint_dir.name + ".old")
-        shutil.rmtree(old, ignore_errors=True)
-        if self.checkpoint_dir.exists():
-            self.checkpoint_dir.rename(old)
-        tmp.rename(self.checkpoint_dir)
-        shutil.rmtree(old, ignore_errors=True)
+        with atomic_dir(self.checkpoint_dir, overwrite=True) as tmp:
+            save_file(tensors, str(tmp / "state.safetensors"))
+            (tmp / "state.json").write_text(json.dumps({
+                "step": self.step, "config": self.config.to_dict(), "base_hash": self.base_hash,
+                "adam_steps": steps, "scaler": self.scaler.state_dict(), "losses": self.losses,
+            }) + "\n")
 
     def load_checkpoint(self) -> None:
         meta = json.loads((self.checkpoint_dir / "state.json").read_text())
@@ -322,17 +332,21 @@ class _Trainer:
 
 
 def train(base: BaseModel, config: EraseConfig, device: str | torch.device | None = None,
-          checkpoint_dir: Path | None = None, resume: bool = False, progress: bool = True) -> EraseState:
-    """Run the ESD optimisation on ``base.unet`` in place and return the edited state.
+          checkpoint_dir: Path | None = None, resume: bool = False, progress: bool = True,
+          inplace: bool = False) -> EraseState:
+    """Run the ESD optimisation and return the edited state.
 
-    With ``checkpoint_dir``, a resumable checkpoint is written every ``config.checkpoint_every``
-    steps and on Ctrl-C; ``resume=True`` continues from it exactly.
+    ``base.unet`` is left as it was: training runs on a copy, unless ``inplace=True`` (saves one
+    UNet of memory at SD scale; then the returned UNet *is* ``base.unet``, edited). With
+    ``checkpoint_dir``, a resumable checkpoint is written every ``config.checkpoint_every`` steps
+    and on Ctrl-C; ``resume=True`` continues from it exactly.
     """
     from tqdm.auto import tqdm
 
     config.validate()
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    trainer = _Trainer(base, config, device, checkpoint_dir)
+    unet = base.unet if inplace else copy.deepcopy(base.unet)
+    trainer = _Trainer(base, unet, config, device, checkpoint_dir)
     t0 = time.perf_counter()
     bar = None
     try:
@@ -361,32 +375,44 @@ def train(base: BaseModel, config: EraseConfig, device: str | torch.device | Non
         p.requires_grad_(False)
     if hasattr(trainer.unet, "disable_gradient_checkpointing"):
         trainer.unet.disable_gradient_checkpointing()
-    return EraseState(unet=trainer.unet, selection=trainer.selection, original=trainer.original,
+    return EraseState(unet=trainer.unet, config=config, selection=trainer.selection, original=trainer.original,
                       base_hash=trainer.base_hash, losses=trainer.losses,
                       seconds=time.perf_counter() - t0, step=trainer.step)
 
 
-def erase(config: EraseConfig, model: str | Path | BaseModel, output_dir: str | Path | None = None, *,
-          overwrite: bool = False, resume: bool = False, device: str | None = None, progress: bool = True,
-          explicit: set[str] | None = None):
-    """Erase ``config.concepts`` from ``model`` and, with ``output_dir``, fold the result into an
-    artifact directory (see `esd_sdk.fold`). Returns an `EraseResult`.
+def erase(model: str | Path | BaseModel, concepts: str | list[str] | None = None, method: str = "x",
+          out: str | Path | None = None, *, config: EraseConfig | None = None, overwrite: bool = False,
+          resume: bool = False, device: str | None = None, progress: bool = True, inplace: bool = False,
+          **overrides) -> EraseResult:
+    """Erase ``concepts`` from ``model`` with ESD and, with ``out``, write the erase output directory.
 
-    ``explicit`` names the settings the caller chose; the others may take model-specific
-    defaults (the toy world's). Pass ``None`` to take ``config`` exactly as given.
+        >>> result = esd_sdk.erase("toy", "circle", method="u", out="erased-circle")
+        >>> result.unet            # the edited UNet; the base model is left as it was
+        >>> result.manifest["training"]["seconds"]
+
+    Args:
+        model: a loaded `BaseModel`, or anything `load_base` takes ("toy", a directory, a hub id).
+        concepts: prompt(s) naming what to erase.
+        method: which tensors train: x, u, x-strict, self, all or re:REGEX (see `esd_sdk.selection`).
+        out: directory for the edited UNet, its delta, manifest and model card (written atomically).
+        config: a complete `EraseConfig` instead of ``concepts``/``method``/``overrides``.
+        overwrite, resume: replace an existing ``out``; continue an interrupted run from its checkpoint.
+        device: torch device (default: cuda if available).
+        inplace: train ``model.unet`` itself instead of a copy (saves memory; the base is then edited).
+        **overrides: any `EraseConfig` setting (steps=, lr=, negative_guidance=, preserve=, ...). The
+            others take the model's defaults (`EraseConfig.for_model`): the paper's, or the toy world's.
     """
-    from .fold import EraseResult, partial_dir, prepare_output, write_artifact
-
-    out = Path(output_dir) if output_dir is not None else None
+    if config is not None and (concepts is not None or overrides):
+        raise ConfigError("pass either config= or concepts and settings, not both")
+    if config is None and concepts is None:
+        raise ConfigError("nothing to erase: pass concepts, e.g. erase(model, \"van gogh\")")
+    out = Path(out) if out is not None else None
     if out is not None:
         prepare_output(out, overwrite=overwrite, resume=resume)  # fail before any expensive work
     base = model if isinstance(model, BaseModel) else load_base(model)
-    if explicit is not None:
-        config = resolve_config(config, base, explicit)
-    config.validate()
+    config = (config or EraseConfig.for_model(base, concepts, method, **overrides)).validate()
     ckpt = partial_dir(out) / CHECKPOINT_DIR if out is not None else None
-    state = train(base, config, device=device, checkpoint_dir=ckpt, resume=resume, progress=progress)
+    state = train(base, config, device=device, checkpoint_dir=ckpt, resume=resume, progress=progress, inplace=inplace)
     if out is None:
-        return EraseResult(output_dir=None, state=state, config=config, manifest=None)
-    manifest = write_artifact(out, base, config, state, overwrite=overwrite)
-    return EraseResult(output_dir=out, state=state, config=config, manifest=manifest)
+        return EraseResult(state)
+    return EraseResult(state, out, write_artifact(out, base, state, overwrite=overwrite))
