@@ -26,8 +26,6 @@ trained tensors' original values; the reference holds two fp32 UNets.
 from __future__ import annotations
 
 import argparse
-import importlib
-import inspect
 import json
 import os
 import statistics
@@ -47,26 +45,11 @@ def _rss_kib(field: str) -> int:
     return 0
 
 
-def engine_module():
-    """The module holding the erase engine's `_Trainer` (esd_sdk.training; esd_sdk.erase before)."""
-    for name in ("esd_sdk.training", "esd_sdk.erase"):
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as e:
-            if e.name != name:
-                raise
-            continue
-        if hasattr(module, "_Trainer"):
-            return module
-    raise ImportError("no erase engine (_Trainer) in esd_sdk.training or esd_sdk.erase")
-
-
 def _trainer(base, config, device: torch.device):
-    """The engine's trainer, whichever constructor this version has."""
-    trainer_cls = engine_module()._Trainer
-    if "unet" in inspect.signature(trainer_cls).parameters:  # (base, unet, config, device, checkpoint_dir)
-        return trainer_cls(base, base.unet, config, device, None)
-    return trainer_cls(base, config, device, None)
+    """The engine's trainer on the base's own UNet (the benchmark owns it: no copy)."""
+    from esd_sdk.training import _Trainer
+
+    return _Trainer(base, base.unet, config, device, None)
 
 
 def _setup(args, model_dir: Path, impl: str):
@@ -95,7 +78,7 @@ def child(args) -> None:
 
     import esd_sdk.reference  # noqa: F401
 
-    engine_module()
+    import esd_sdk.training  # noqa: F401
 
     before = _rss_kib("VmRSS")
     before_anon, before_file = _rss_kib("RssAnon"), _rss_kib("RssFile")
@@ -250,7 +233,7 @@ def main() -> None:
     gpu = args.mode == "gpu"
     tmp = Path(tempfile.mkdtemp())
     # diffusers' default config (0.39) leaves sample_size None and has 1280-wide text states: SD 1.x's are 64, 768.
-    sd1 = {"sample_size": 64, "cross_attention_dim": 768, **sd1_unet_config()}
+    sd1 = sd1_unet_config()
     model_dir = build_random_sd(tmp, sd1 if gpu else mid_unet_config())
     print(f"model: {model_dir} ({'SD 1.x architecture, random weights' if gpu else 'mid-size UNet'}), "
           f"device {args.device}, engine precision {args.precision}, checkpointing {args.checkpointing}, "

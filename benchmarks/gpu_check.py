@@ -114,14 +114,7 @@ class Skip(Exception):
 def _unet_config(size: str) -> dict:
     from esd_sdk.testing import mid_unet_config, sd1_unet_config, tiny_unet_config
 
-    config = {"sd1": sd1_unet_config, "mid": mid_unet_config, "tiny": tiny_unet_config}[size]()
-    # esd_sdk.testing.sd1_unet_config() is diffusers' default config, which (0.39) leaves
-    # sample_size None and has cross_attention_dim 1280 (872.3 M parameters); SD 1.x's UNet has
-    # 64x64 latents and 768-wide text states (859.5 M).
-    return {**SD1_FIX, **config} if size == "sd1" else config
-
-
-SD1_FIX = {"sample_size": 64, "cross_attention_dim": 768}
+    return {"sd1": sd1_unet_config, "mid": mid_unet_config, "tiny": tiny_unet_config}[size]()
 
 
 SIZE_NAMES = {"sd1": "SD 1.x UNet (859.5 M parameters), random weights",
@@ -173,13 +166,10 @@ def _load_unet(path):
 
 
 def _torch_runtime(unet, device, precision: str):
-    """A TorchRuntime that converts ``unet`` in place (no copy held), where that is an option."""
-    import inspect
-
+    """A TorchRuntime that converts ``unet`` in place (no copy held)."""
     from esd_sdk.serving.runtime import TorchRuntime
 
-    inplace = {"inplace": True} if "inplace" in inspect.signature(TorchRuntime).parameters else {}
-    return TorchRuntime(unet, device, precision, **inplace)
+    return TorchRuntime(unet, device, precision, inplace=True)
 
 
 def _max_abs_diff(a, b) -> float:

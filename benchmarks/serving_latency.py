@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import inspect
 import json
 import statistics
 import tempfile
@@ -33,34 +32,17 @@ import torch
 RESULTS = Path(__file__).parent / "results"
 
 
-def erase_function():
-    """esd_sdk's erase(): the top-level function, or esd_sdk.erase.erase in older trees."""
-    import esd_sdk
-
-    fn = getattr(esd_sdk, "erase", None)
-    if callable(fn) and not inspect.ismodule(fn):
-        return fn
-    from esd_sdk.erase import erase
-
-    return erase
-
-
 def quick_erase(model, out: Path, method: str, device: str | None = None, **settings) -> Path:
-    """A few ESD steps written to ``out`` (serving latency does not depend on how long it trained).
-    Works with either signature of erase() (config first, or model first)."""
-    from esd_sdk.config import EraseConfig
+    """A few ESD steps written to ``out`` (serving latency does not depend on how long it trained)."""
+    from esd_sdk import erase
 
-    erase = erase_function()
-    config = EraseConfig(concepts=["a red circle"], method=method, **{"steps": 3, "lr": 1e-3, "ddim_steps": 4, **settings})
-    if next(iter(inspect.signature(erase).parameters)) == "config":
-        erase(config, model, out, progress=False, device=device)
-    else:
-        erase(model, out=out, config=config, progress=False, device=device)
+    erase(model, "a red circle", method=method, out=out, progress=False, device=device,
+          **{"steps": 3, "lr": 1e-3, "ddim_steps": 4, **settings})
     return out
 
 
 def cpu(args) -> None:
-    from esd_sdk.serving.bench import benchmark, markdown
+    from esd_sdk.serving.bench import benchmark
     from esd_sdk.testing import build_random_sd, mid_unet_config
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -76,7 +58,7 @@ def cpu(args) -> None:
             report = benchmark(edited, ["torch", "onnxruntime"], runs=args.runs, e2e_runs=args.e2e_runs,
                                steps=args.steps, out=RESULTS / f"serving_latency_{name}",
                                work_dir=tmp / f"{name}-exports")
-            print(markdown(report))
+            print(report.markdown())
             print(f"{name}: {time.perf_counter() - t0:.0f} s")
 
 
@@ -110,9 +92,7 @@ def unet_latency(unet_config: dict, device: str = "cuda", variants=GPU_VARIANTS,
 
     device = torch.device(device)
     cuda = device.type == "cuda"
-    # Convert the two UNets in place from variant to variant: no copies held (older TorchRuntimes
-    # always converted in place and take no such argument).
-    inplace = {"inplace": True} if "inplace" in inspect.signature(TorchRuntime).parameters else {}
+    inplace = {"inplace": True}  # convert the two UNets in place from variant to variant: no copies held
 
     def sync():
         if cuda:
@@ -190,7 +170,7 @@ def gpu(args) -> None:
 
     assert torch.cuda.is_available(), "--mode gpu needs a CUDA GPU"
     # diffusers' default config (0.39) leaves sample_size None and has 1280-wide text states: SD 1.x's are 64, 768.
-    config = {"sample_size": 64, "cross_attention_dim": 768, **sd1_unet_config()}
+    config = sd1_unet_config()
     results = unet_latency(config, "cuda", runs=args.gpu_runs, warmup=args.gpu_warmup)
     out = RESULTS / "serving_latency_gpu.json"
     out.write_text(json.dumps(results, indent=2) + "\n")

@@ -409,7 +409,7 @@ def bench(edited, base_model, backends, runs, e2e_runs, warmup, batch, steps, pr
     Without EDITED, the newest erase output in the current directory is used. ONNX exports and
     engines of both models are made on first use and kept in OUT/exports.
     """
-    from .serving.bench import benchmark, markdown
+    from .serving.bench import benchmark
 
     if edited is None:
         edited = _latest_erase_output()
@@ -418,7 +418,7 @@ def bench(edited, base_model, backends, runs, e2e_runs, warmup, batch, steps, pr
     report = benchmark(edited, list(backends) or None, base_model=base_model, runs=runs, e2e_runs=e2e_runs,
                        warmup=warmup, batch=batch, steps=steps, precision=precision, device=device, threads=threads,
                        out=out, progress=not quiet)
-    click.echo(markdown(report).rstrip())
+    click.echo(report.markdown().rstrip())
     click.echo(f"wrote {out} (bench.json, bench.md, bench.png)")
 
 

@@ -1,7 +1,8 @@
 """Latency of an edited model against the unedited one, per backend: ``esd-sdk bench``.
 
     >>> report = benchmark("erased-circle", backends=["torch", "onnxruntime"], out="bench")
-    >>> report["backends"]["torch"]["unet_step"]["ratio"]["median"]      # edited / unedited, ~1.00
+    >>> report.ratio("torch")                 # edited / unedited UNet step (median of pairs), ~1.00
+    >>> print(report.markdown())
 
 Protocol. For each backend, the unedited UNet (the base model's) and the edited one are loaded
 side by side. After ``warmup`` calls of each, they run alternately (A B, then B A, ...) so that
@@ -26,6 +27,7 @@ import json
 import logging
 import platform
 import time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +35,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..conditioning import Conditioning, encode_prompts
-from ..errors import ConfigError
+from ..errors import ConfigError, StaleExportError
 from ..artifact import load_edited_unet, load_manifest, package_versions
 from ..loading import load_base, weights_hash
 from .pipeline import Text2ImagePipeline
@@ -97,10 +99,76 @@ def _export_for(backend: str, source, work: Path, name: str, precision: str) -> 
     return out
 
 
+@dataclass
+class BenchReport:
+    """What `benchmark` returns; bench.json is its `to_dict`."""
+
+    edited: str
+    base_model: str
+    concepts: list[str]
+    method: str
+    precision: str
+    device: str
+    batch: int
+    unet_batch: int
+    runs: int
+    e2e_runs: int
+    warmup: int
+    machine: dict
+    versions: dict
+    # backend -> {"runtime", "setup_seconds", "unet_output_diff_edited_vs_unedited",
+    #             "unet_step"/"end_to_end": {"unedited", "edited": percentiles, "ratio": {...}, "vs_torch"}}
+    backends: dict[str, dict] = field(default_factory=dict)
+
+    def ratio(self, backend: str, stage: str = "unet_step") -> float:
+        """Edited / unedited latency of ``backend`` at ``stage`` (median of per-pair ratios)."""
+        return self.backends[backend][stage]["ratio"]["median"]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def markdown(self) -> str:
+        lines = [f"# Latency: {self.edited} vs its base ({self.base_model})", "",
+                 f"{self.device}, {self.precision}, {self.batch} image(s) per call (UNet batch {self.unet_batch}), "
+                 f"{self.runs} interleaved UNet-step pairs, {self.e2e_runs} text-to-image pairs after {self.warmup} "
+                 "warm-up calls.", "",
+                 "| backend | stage | unedited p50 / p90 / p99 ms | edited p50 / p90 / p99 ms | edited/unedited (IQR) | vs torch |",
+                 "|---|---|---|---|---|---|"]
+        for backend, e in self.backends.items():
+            for stage in ("unet_step", "end_to_end"):
+                if stage not in e:
+                    continue
+                s = e[stage]
+                fmt = lambda p: f"{p['p50_ms']:.2f} / {p['p90_ms']:.2f} / {p['p99_ms']:.2f}"  # noqa: E731
+                r = s["ratio"]
+                vs = f"{s['vs_torch']:.2f}x" if "vs_torch" in s else ""
+                lines.append(f"| {backend} | {stage.replace('_', ' ')} | {fmt(s['unedited'])} | {fmt(s['edited'])} | "
+                             f"{r['median']:.3f} ({r['q25']:.3f}-{r['q75']:.3f}) | {vs} |")
+        lines += ["", "Runtimes: " + "; ".join(f"{b}: {e['runtime']}" for b, e in self.backends.items())]
+        return "\n".join(lines) + "\n"
+
+    def save(self, out: str | Path) -> None:
+        """Write bench.json, bench.md and bench.png into ``out``."""
+        from ..plots import bar_chart
+
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "bench.json").write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        (out / "bench.md").write_text(self.markdown())
+        groups = {}
+        for backend, e in self.backends.items():
+            for stage in ("unet_step", "end_to_end"):
+                if stage in e:
+                    groups.setdefault(stage.replace("_", " "), {})[backend] = {
+                        k: (e[stage][k]["p50_ms"], e[stage][k]["p90_ms"]) for k in ("unedited", "edited")}
+        bar_chart(groups, title=f"p50 latency (whisker: p90), {self.device}, batch {self.batch}",
+                  unit="ms").save(out / "bench.png")
+
+
 def benchmark(edited: str | Path, backends: list[str] | None = None, *, base_model: str | None = None,
               runs: int = 50, e2e_runs: int = 10, warmup: int = 3, batch: int = 1, steps: int | None = None,
               precision: str = "fp32", device: str | None = None, threads: int | None = None,
-              out: str | Path | None = None, work_dir: str | Path | None = None, progress: bool = True) -> dict:
+              out: str | Path | None = None, work_dir: str | Path | None = None, progress: bool = True) -> BenchReport:
     """Benchmark ``edited`` (an erase output) against its base model on each backend.
 
     Args:
@@ -146,14 +214,13 @@ def benchmark(edited: str | Path, backends: list[str] | None = None, *, base_mod
     cond = Conditioning.cat([encode_prompts(base, [""] * batch), encode_prompts(base, [PROMPT] * batch)])
     seeds = list(range(batch))
 
-    report = {"edited": str(edited), "base_model": manifest["base_model"], "concepts": manifest["concepts"],
-              "method": manifest["method"], "precision": precision, "device": str(device), "batch": batch,
-              "unet_batch": 2 * batch, "runs": runs, "e2e_runs": e2e_runs, "warmup": warmup,
-              "machine": {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-                          "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None},
-              "versions": package_versions("esd-sdk", "torch", "diffusers", "onnxruntime", "onnxruntime-gpu",
-                                           "tensorrt"),
-              "backends": {}}
+    report = BenchReport(
+        edited=str(edited), base_model=manifest["base_model"], concepts=manifest["concepts"], method=manifest["method"],
+        precision=precision, device=str(device), batch=batch, unet_batch=2 * batch, runs=runs, e2e_runs=e2e_runs,
+        warmup=warmup,
+        machine={"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+                 "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None},
+        versions=package_versions("esd-sdk", "torch", "diffusers", "onnxruntime", "onnxruntime-gpu", "tensorrt"))
     reference_images = None
     for backend in backends:
         t0 = time.perf_counter()
@@ -178,7 +245,8 @@ def benchmark(edited: str | Path, backends: list[str] | None = None, *, base_mod
         outs = {k: rt(*inputs) for k, rt in runtimes.items()}
         unet_diff = float((outs["edited"] - outs["unedited"]).abs().max())
         if unet_diff == 0:
-            raise ConfigError(f"{backend}: the edited and unedited UNets give identical outputs: the edit was not loaded")
+            raise StaleExportError(f"{backend}: the edited and unedited UNets give identical outputs: the edit was not "
+                                   "loaded; re-export it with --overwrite")
         ta, tb = _ab(step(runtimes["unedited"]), step(runtimes["edited"]), runs, warmup, f"{backend} UNet step",
                      progress)
         entry = {"runtime": runtimes["edited"].describe(), "setup_seconds": round(setup, 2),
@@ -196,14 +264,14 @@ def benchmark(edited: str | Path, backends: list[str] | None = None, *, base_mod
                          min(warmup, 1), f"{backend} text-to-image", progress)
             entry["end_to_end"] = {"unedited": percentiles(ta), "edited": percentiles(tb), "ratio": _ratio(tb, ta),
                                    "steps": pipes["edited"].defaults.num_inference_steps if steps is None else steps}
-        report["backends"][backend] = entry
+        report.backends[backend] = entry
         logger.info("%s: edited/unedited UNet step %.3f", backend, entry["unet_step"]["ratio"]["median"])
-    if "torch" in report["backends"]:
-        torch_p50 = report["backends"]["torch"]["unet_step"]["unedited"]["p50_ms"]
-        for entry in report["backends"].values():
+    if "torch" in report.backends:
+        torch_p50 = report.backends["torch"]["unet_step"]["unedited"]["p50_ms"]
+        for entry in report.backends.values():
             entry["unet_step"]["vs_torch"] = entry["unet_step"]["unedited"]["p50_ms"] / torch_p50
     if out:
-        write_report(report, Path(out))
+        report.save(out)
     return report
 
 
@@ -216,40 +284,3 @@ def _default_backends() -> list[str]:
     if torch.cuda.is_available() and importlib.util.find_spec("tensorrt"):
         backends.append("tensorrt")
     return backends
-
-
-def markdown(report: dict) -> str:
-    lines = [f"# Latency: {report['edited']} vs its base ({report['base_model']})", "",
-             f"{report['device']}, {report['precision']}, {report['batch']} image(s) per call "
-             f"(UNet batch {report['unet_batch']}), {report['runs']} interleaved UNet-step pairs, "
-             f"{report['e2e_runs']} text-to-image pairs after {report['warmup']} warm-up calls.", "",
-             "| backend | stage | unedited p50 / p90 / p99 ms | edited p50 / p90 / p99 ms | edited/unedited (IQR) | vs torch |",
-             "|---|---|---|---|---|---|"]
-    for backend, e in report["backends"].items():
-        for stage in ("unet_step", "end_to_end"):
-            if stage not in e:
-                continue
-            s = e[stage]
-            fmt = lambda p: f"{p['p50_ms']:.2f} / {p['p90_ms']:.2f} / {p['p99_ms']:.2f}"  # noqa: E731
-            r = s["ratio"]
-            vs = f"{s['vs_torch']:.2f}x" if "vs_torch" in s else ""
-            lines.append(f"| {backend} | {stage.replace('_', ' ')} | {fmt(s['unedited'])} | {fmt(s['edited'])} | "
-                         f"{r['median']:.3f} ({r['q25']:.3f}-{r['q75']:.3f}) | {vs} |")
-    lines += ["", "Runtimes: " + "; ".join(f"{b}: {e['runtime']}" for b, e in report["backends"].items())]
-    return "\n".join(lines) + "\n"
-
-
-def write_report(report: dict, out: Path) -> None:
-    from ..plots import bar_chart
-
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "bench.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out / "bench.md").write_text(markdown(report))
-    groups = {}
-    for backend, e in report["backends"].items():
-        for stage in ("unet_step", "end_to_end"):
-            if stage in e:
-                groups.setdefault(stage.replace("_", " "), {})[backend] = {
-                    k: (e[stage][k]["p50_ms"], e[stage][k]["p90_ms"]) for k in ("unedited", "edited")}
-    bar_chart(groups, title=f"p50 latency (whisker: p90), {report['device']}, batch {report['batch']}",
-              unit="ms").save(out / "bench.png")

@@ -16,16 +16,16 @@ from esd_sdk.serving.bench import benchmark
 def test_benchmark_reports_both_models_on_both_backends(edited, tmp_path):
     report = benchmark(edited, ["torch", "onnxruntime"], runs=3, e2e_runs=1, warmup=1, steps=2, out=tmp_path,
                        progress=False)
-    assert set(report["backends"]) == {"torch", "onnxruntime"}
-    for backend, entry in report["backends"].items():
+    assert set(report.backends) == {"torch", "onnxruntime"}
+    for backend, entry in report.backends.items():
         assert entry["unet_output_diff_edited_vs_unedited"] > 0
         for stage in ("unet_step", "end_to_end"):
             s = entry[stage]
             assert s["unedited"]["n"] == s["edited"]["n"] == (3 if stage == "unet_step" else 1)
             assert 0 < s["edited"]["p50_ms"] <= s["edited"]["p90_ms"] <= s["edited"]["p99_ms"]
             assert s["ratio"]["q25"] <= s["ratio"]["median"] <= s["ratio"]["q75"]
-    assert report["backends"]["torch"]["unet_step"]["vs_torch"] == 1.0
-    assert report["backends"]["onnxruntime"]["image_diff_vs_first_backend"] < 1e-3  # backends agree
+    assert report.backends["torch"]["unet_step"]["vs_torch"] == 1.0
+    assert report.backends["onnxruntime"]["image_diff_vs_first_backend"] < 1e-3  # backends agree
     assert json.loads((tmp_path / "bench.json").read_text())["edited"] == str(edited)
     table = (tmp_path / "bench.md").read_text()
     assert table.count("| torch |") == 2 and table.count("| onnxruntime |") == 2
