@@ -131,6 +131,7 @@ Examples:
   esd-sdk erase --model toy --concept striped --method x --preserve dotted
   esd-sdk erase --model toy --concept circle --dry-run          # which tensors would train
   esd-sdk erase --model toy --concept circle --out erased-circle --resume   # after Ctrl-C
+  esd-sdk erase --model toy --concept circle --method u --robust             # survives embedding attacks
 \b
 Methods: x (cross-attention, styles), u (all but cross-attention: objects, nudity),
 x-strict (attn2.to_k/to_v), self (self-attention), all, re:REGEX (your own selection).
@@ -167,6 +168,11 @@ def _slug(text: str) -> str:
 @click.option("--resolution", type=int, help="Image size of the trajectories [the model's default].")
 @click.option("--seed", type=int, help="Random seed [0].")
 @click.option("--checkpoint-every", type=int, help="Steps between resumable checkpoints [100].")
+@click.option("--robust", is_flag=True, default=None,
+              help="Robust ESD: train against an embedding attack run inside the loop (see esd-sdk attack).")
+@click.option("--robust-tokens", type=int, help="Robust: learned vectors in the adversarial prompt [6].")
+@click.option("--robust-attack-steps", type=int, help="Robust: inner attack steps per refresh [10].")
+@click.option("--robust-every", type=int, help="Robust: steps between refreshes of the adversarial prompt [1].")
 @click.option("--device", help="torch device [cuda if available, else cpu].")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run of the same --out from its checkpoint.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output directory.")

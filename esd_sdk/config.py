@@ -49,6 +49,16 @@ class EraseConfig:
     resolution: int | None = None  # image size of the trajectories; None: the model's default
     seed: int = 0  # seeds noise, t_enc and concept choice
     checkpoint_every: int = 100  # steps between resumable checkpoints (0: only on interrupt)
+    # Robust (adversarial) ESD, AdvUnlearn-style: every `robust_every` steps, `robust_attack_steps`
+    # of the embedding attack (esd_sdk.attack) find `robust_tokens` input embeddings that still make
+    # the model being edited denoise concept images; the ESD target is then also applied to them.
+    robust: bool = False
+    robust_tokens: int = 6  # learned vectors in the adversarial prompt
+    robust_attack_steps: int = 10  # inner attack steps per refresh (warm-started from the last)
+    robust_every: int = 1  # outer steps between refreshes of the adversarial prompt
+    robust_lr: float = 5e-2  # the inner attack's Adam learning rate
+    robust_images: int = 8  # concept latents (from the frozen model) the inner attack learns from
+    robust_weight: float = 1.0  # weight of the adversarial ESD loss
 
     def __post_init__(self):
         # Own copies, normalised: a list the caller passed is never aliased or changed.
@@ -99,6 +109,11 @@ class EraseConfig:
             raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got '{self.precision}'")
         if self.sampler not in SAMPLERS:
             raise ConfigError(f"sampler must be one of {', '.join(SAMPLERS)}, got '{self.sampler}'")
+        for name in ("robust_tokens", "robust_attack_steps", "robust_every", "robust_images"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name.replace('_', ' ')} must be positive, got {getattr(self, name)}")
+        if not self.robust_lr > 0 or self.robust_weight < 0:
+            raise ConfigError(f"robust lr must be > 0 and robust weight >= 0, got {self.robust_lr}, {self.robust_weight}")
         if self.sample_guidance < 0 or self.preserve_weight < 0:
             raise ConfigError("sample guidance and preserve weight must be >= 0")
         return self

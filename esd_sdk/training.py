@@ -197,6 +197,7 @@ class _Trainer:
         self.trajectory: torch.Tensor | None = None  # (ddim_steps, B, C, h, w) when regenerate_every > 1
         self.losses: list[float] = []
         self.step = 0
+        self.adversary = _Adversary(self) if config.robust else None
 
     # -- model calls ----------------------------------------------------------------------
 
@@ -207,13 +208,14 @@ class _Trainer:
         return self.unet(x, t, **kwargs).sample
 
     @torch.no_grad()
-    def _sample(self, concept: Conditioning, n_steps: int, keep_all: bool = False):
-        """Run n_steps guided DDIM steps from fresh noise; returns x (or every intermediate x)."""
+    def _sample(self, concept: Conditioning, n_steps: int, keep_all: bool = False, frozen: bool | None = None):
+        """Run n_steps guided DDIM steps from fresh noise; returns x (or every intermediate x).
+        The model is the one being edited, or the frozen one with ``sampler="frozen"`` (or ``frozen``)."""
         c = self.config
         x = torch.randn(self.latent_shape, generator=self.generator).to(self.device) * self.scheduler.init_noise_sigma
         b = x.shape[0]
         cond = Conditioning.cat([self.uncond.index([0] * b), concept.index([0] * b)])
-        frozen = c.sampler == "frozen"
+        frozen = c.sampler == "frozen" if frozen is None else frozen
         states = []
         for t in self.scheduler.timesteps[:n_steps]:
             if keep_all:
@@ -252,12 +254,18 @@ class _Trainer:
         e_0, e_c = frozen[:b], frozen[b:2 * b]
         target = e_0 - c.negative_guidance * (e_c - e_0)
 
-        # 3. the edited model's predictions for the concept (and preserved prompts), with autograd
+        # 3. the edited model's predictions for the concept (and preserved prompts, and the
+        #    adversarial prompt of robust ESD, which must follow the same target), with autograd
+        edit_parts = parts[1:]
+        if self.adversary is not None:
+            edit_parts = edit_parts + [self.adversary.conditioning(k, self.step).index([0] * b)]
         with _autocast(self.device, c.precision):
-            pred = self._predict(x.repeat(1 + n_keep, 1, 1, 1), t, Conditioning.cat(parts[1:]), frozen=False).float()
+            pred = self._predict(x.repeat(len(edit_parts), 1, 1, 1), t, Conditioning.cat(edit_parts), frozen=False).float()
         loss = F.mse_loss(pred[:b], target)
         if n_keep:
-            loss = loss + c.preserve_weight * F.mse_loss(pred[b:], frozen[2 * b:])
+            loss = loss + c.preserve_weight * F.mse_loss(pred[b:(1 + n_keep) * b], frozen[2 * b:])
+        if self.adversary is not None:
+            loss = loss + c.robust_weight * F.mse_loss(pred[(1 + n_keep) * b:], target)
 
         # 4. update
         if not torch.isfinite(loss):
@@ -293,6 +301,8 @@ class _Trainer:
                 tensors[f"exp_avg_sq/{n}"] = state["exp_avg_sq"].cpu().contiguous()
                 steps[n] = float(state["step"])
         tensors["rng/generator"] = self.generator.get_state()
+        if self.adversary is not None:
+            tensors.update(self.adversary.state())
         if self.trajectory is not None:
             tensors["rng/trajectory"] = self.trajectory.cpu().contiguous()
         with atomic_dir(self.checkpoint_dir, overwrite=True) as tmp:
@@ -324,11 +334,70 @@ class _Trainer:
                         "exp_avg_sq": tensors[f"exp_avg_sq/{n}"].to(self.device),
                     }
         self.generator.set_state(tensors["rng/generator"])
+        if self.adversary is not None:
+            self.adversary.load_state(tensors)
         if "rng/trajectory" in tensors:
             self.trajectory = tensors["rng/trajectory"].to(self.device)
         self.scaler.load_state_dict(meta["scaler"])
         self.step, self.losses = meta["step"], meta["losses"]
         logger.info("resumed from step %d", self.step)
+
+
+class _Adversary:
+    """The inner attack of robust ESD (AdvUnlearn, Zhang et al. 2024, with ESD's objective).
+
+    For each concept it keeps an adversarial prompt: ``robust_tokens`` input embeddings in the
+    text encoder's space (the whole prompt, "{}"), which start as the concept's own words and are
+    refreshed every ``robust_every`` steps by ``robust_attack_steps`` steps of the embedding attack
+    (`esd_sdk.attack.embedding_attack`, warm-started) against the model being edited, on latents
+    of the concept sampled once from the frozen model. The trainer then asks the edited model's
+    prediction for that prompt to follow the same negatively guided target as the concept's.
+    """
+
+    TEMPLATE = "{}"
+
+    def __init__(self, trainer: "_Trainer"):
+        from .attack import AttackTarget
+
+        c = trainer.config
+        self.trainer = trainer
+        self.target = AttackTarget.from_pipeline(trainer.base.pipeline, unet=trainer.unet)
+        self.target.resolution = trainer.latent_shape[-1] * trainer.base.pipeline.vae_scale_factor
+        self.generator = torch.Generator().manual_seed(c.seed + 1)
+        runs = -(-c.robust_images // c.batch_size)
+        self.latents = [torch.cat([trainer._sample(trainer.concepts.index([k]), c.ddim_steps, frozen=True)
+                                   for _ in range(runs)])[:c.robust_images].cpu() for k in range(len(trainer.concepts))]
+        self.soft: dict = {}
+
+    def conditioning(self, k: int, step: int) -> Conditioning:
+        """The adversarial prompt of concept ``k``, refreshed against the current model when due."""
+        from .attack import embedding_attack
+
+        c = self.trainer.config
+        if k not in self.soft or step % c.robust_every == 0:
+            with _autocast(self.trainer.device, c.precision):
+                self.soft[k] = embedding_attack(
+                    self.target, self.latents[k], self.TEMPLATE, n_tokens=c.robust_tokens, steps=c.robust_attack_steps,
+                    lr=c.robust_lr, init=self.soft.get(k, c.concepts[k]), generator=self.generator)
+        with torch.no_grad():
+            return self.soft[k].encode(self.target).to(self.trainer.device, torch.float32)
+
+    def state(self) -> dict[str, torch.Tensor]:
+        out = {"robust/generator": self.generator.get_state()}
+        for k, soft in self.soft.items():
+            for e, v in enumerate(soft.vectors):
+                out[f"robust/soft/{k}/{e}"] = v.cpu().contiguous()
+        return out
+
+    def load_state(self, tensors: dict[str, torch.Tensor]) -> None:
+        from .attack import SoftPrompt
+
+        self.generator.set_state(tensors["robust/generator"])
+        for k in range(len(self.latents)):
+            vectors = [tensors[f"robust/soft/{k}/{e}"] for e in range(len(self.target.text_encoders))
+                       if f"robust/soft/{k}/{e}" in tensors]
+            if vectors:
+                self.soft[k] = SoftPrompt([self.TEMPLATE], vectors, [0])
 
 
 def train(base: BaseModel, config: EraseConfig, device: str | torch.device | None = None,

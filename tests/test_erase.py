@@ -245,3 +245,43 @@ def test_erase_argument_errors(tiny_sd):
         erase(tiny_sd)
     with pytest.raises(ConfigError, match="either config= or concepts"):
         erase(tiny_sd, "circle", config=EraseConfig(concepts=["circle"]))
+
+
+ROBUST = dict(robust=True, robust_tokens=2, robust_attack_steps=2, robust_every=2, robust_images=2)
+
+
+@pytest.mark.parametrize("model", ["tiny_sd", "tiny_sd_v", "tiny_sdxl"])
+def test_robust_erase_trains_against_an_adversarial_prompt(model, request, monkeypatch):
+    from esd_sdk import attack
+
+    calls = []
+    original = attack.learn_tokens
+    monkeypatch.setattr(attack, "learn_tokens", lambda *a, **k: calls.append(k["init"]) or original(*a, **k))
+    base = load_base(request.getfixturevalue(model))
+    before = weights_hash(base.unet)
+    state = train(base, EraseConfig(concepts=["circle"], method="x", **FAST, **ROBUST), progress=False)
+    assert len(calls) == 2  # refreshed at steps 0 and 2 of 4
+    assert calls[0] == "circle" and not isinstance(calls[1], str)  # starts as the concept, then warm-starts
+    assert all(math.isfinite(loss) for loss in state.losses)
+    assert weights_hash(base.unet) == before and weights_hash(state.unet) != before
+    plain = train(base, EraseConfig(concepts=["circle"], method="x", **FAST), progress=False)
+    assert plain.losses != state.losses  # the adversarial term changed the optimisation
+
+
+def test_robust_resume_continues_exactly(tiny_sd, tmp_path, monkeypatch):
+    config = dict(concepts=["circle"], method="x", steps=5, lr=1e-3, ddim_steps=6, **ROBUST)
+    straight = train(load_base(tiny_sd), EraseConfig(**config), progress=False)
+    out = tmp_path / "edit"
+    _interrupt_at(monkeypatch, 3)
+    with pytest.raises(EraseInterrupted):
+        erase(tiny_sd, out=out, config=EraseConfig(**config), progress=False)
+    monkeypatch.undo()
+    resumed = erase(tiny_sd, out=out, config=EraseConfig(**config), resume=True, progress=False)
+    assert resumed.losses == straight.losses
+    assert resumed.manifest["config"]["robust"] is True and resumed.manifest["config"]["robust_tokens"] == 2
+
+
+@pytest.mark.parametrize("setting", ["robust_tokens", "robust_attack_steps", "robust_every", "robust_images"])
+def test_bad_robust_budgets_are_one_line_errors(setting):
+    with pytest.raises(ConfigError, match=f"{setting.replace('_', ' ')} must be positive, got 0"):
+        EraseConfig(concepts=["circle"], robust=True, **{setting: 0}).validate()
