@@ -529,15 +529,6 @@ ATTACK_INIT = {"inversion": "a", "embedding": None}  # what they start from (Non
 ATTACK_FN = {"inversion": inversion_attack, "embedding": embedding_attack}
 
 
-def _manifest_helpers():
-    """load_manifest, update_manifest, load_edited_unet (artifact helpers; their module moved from fold)."""
-    try:
-        from .artifact import load_edited_unet, load_manifest, update_manifest
-    except ImportError:
-        from .fold import load_edited_unet, load_manifest, update_manifest
-    return load_manifest, update_manifest, load_edited_unet
-
-
 def budgets_for(attacks, steps: int | None = None, lr: float | None = None, n_tokens: int | None = None,
                 n_images: int | None = None, batch_size: int | None = None) -> dict[str, AttackBudget]:
     """The default budget of each attack with the given overrides, validated."""
@@ -646,13 +637,13 @@ def run_attacks(edit_dir: str | Path, attacks=ATTACKS, *, steps: int | None = No
         progress: show progress bars.
     """
     from . import GenerationConfig
+    from .artifact import load_edited_unet, load_manifest, update_manifest
     from .evaluate import DEFAULT_SCORER, csv_prompt_sets, toy_prompt_sets
     from .scorers import make_scorer
 
     budgets = budgets_for(attacks, steps, lr, n_tokens, n_images, batch_size)
     if n <= 0:
         raise ConfigError(f"images per prompt must be positive, got {n}: e.g. -n 8")
-    load_manifest, update_manifest, load_edited_unet = _manifest_helpers()
     edit_dir = Path(edit_dir)
     manifest = load_manifest(edit_dir)
     base = load_base(base_model or manifest["base_model"])
