@@ -257,6 +257,8 @@ def apply_delta(edit, model, unet_dir, out, revert, no_check, overwrite):
     click.echo(f"{'reverted' if revert else 'applied'} {edit}; wrote {out}")
 
 
+ATTACK_NAMES = ["inversion", "embedding"]
+
 EPILOG_EVAL = """\b
 Examples:
   esd-sdk eval erased-circle -n 8                                   # toy world, bundled judge
@@ -307,17 +309,35 @@ def _scoring_kwargs(base_model, concepts, keep, prompts, scorer, clip_model, cla
 @_scoring_options
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Report directory [EDITED/eval].")
 @click.option("--no-update", is_flag=True, help="Do not write the scores into EDITED/esd.json and README.md.")
+@click.option("--attack", "attacks", multiple=True, type=click.Choice(ATTACK_NAMES),
+              help="Also red-team the erase with this attack (see esd-sdk attack); repeat for several.")
+@click.option("--attack-steps", type=int, help="Optimisation steps of each attack [200].")
+@click.option("--attack-tokens", type=int, help="Learned tokens per prompt [inversion 8, embedding 6].")
 @_errors_to_exit
-def evaluate(edited, out, no_update, **scoring):
+def evaluate(edited, out, no_update, attacks, attack_steps, attack_tokens, **scoring):
     """Score an erase: erased, paraphrased and kept concepts, base vs edited, same seeds.
 
     Writes eval.json, eval.md and base-vs-edited grids, and records the scores in the manifest.
+    With --attack, also runs `esd-sdk attack` on the same prompts, scorer and seeds (OUT/attack,
+    or EDITED/attack).
     """
+    from .attack import budgets_for, run_attacks
     from .evaluate import evaluate as run_eval
 
-    report = run_eval(edited, output_dir=out, update=not no_update, **_scoring_kwargs(**scoring))
+    kwargs = _scoring_kwargs(**scoring)
+    if attacks:
+        budgets_for(attacks, steps=attack_steps, n_tokens=attack_tokens)  # a bad budget fails before the eval runs
+    report = run_eval(edited, output_dir=out, update=not no_update, **kwargs)
     click.echo(report.markdown().rstrip())
     click.echo(f"wrote {out or edited / 'eval'} (eval.json, eval.md, grid_*.png)")
+    if attacks:
+        sampler_steps = kwargs.pop("steps")  # eval's --steps is the sampler's
+        kwargs.pop("keep")
+        attacked = run_attacks(edited, list(attacks), steps=attack_steps, n_tokens=attack_tokens,
+                               out=out / "attack" if out else None, update=not no_update, sampler_steps=sampler_steps,
+                               progress=True, **kwargs)
+        click.echo(attacked.markdown().rstrip())
+        click.echo(f"wrote {out / 'attack' if out else edited / 'attack'} (attack.json, attack.md, grid_*.png)")
 
 
 @cli.command(epilog=EPILOG_EVAL)
@@ -338,6 +358,65 @@ def sweep(edited, etas, out, device, **scoring):
     report = run_sweep(edited, list(etas), output_dir=out, device=device, **_scoring_kwargs(**scoring))
     click.echo(report.markdown().rstrip())
     click.echo(f"wrote {out or edited / 'sweep'} (sweep.json, sweep.md, sweep.png)")
+
+
+EPILOG_ATTACK = """\b
+Examples:
+  esd-sdk attack erased-circle                                  # inversion + embedding, default budgets
+  esd-sdk attack erased-circle --attack embedding --steps 100 -n 4
+  esd-sdk attack esd-van-gogh --prompts vangogh --clip-model models/clip-vit-large
+  esd-sdk eval erased-circle --attack inversion --attack embedding
+  esd-sdk erase --model toy --concept circle --method u --robust   # an erase that survives them
+"""
+
+
+@cli.command(epilog=EPILOG_ATTACK)
+@click.argument("edited", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--attack", "attacks", multiple=True, type=click.Choice(ATTACK_NAMES),
+              help="Attack to run; repeat for several [inversion and embedding].")
+@click.option("--steps", type=int, help="Optimisation steps of each attack [200].")
+@click.option("--lr", type=float, help="Adam learning rate of the learned tokens [0.05].")
+@click.option("--tokens", "n_tokens", type=int, help="Learned tokens per prompt [inversion 8, embedding 6].")
+@click.option("--images", "n_images", type=int, help="Concept images per prompt to learn from [8].")
+@click.option("-n", "--num-images", default=8, show_default=True, type=click.IntRange(min=1),
+              help="Images per prompt to score.")
+@click.option("--seed", default=0, show_default=True, type=int,
+              help="Seeds the attacks; first seed of toy prompts (CSV rows carry their own).")
+@click.option("--base", "base_model", metavar="MODEL", help="Base model [the one in EDITED/esd.json].")
+@click.option("--concept", "concepts", multiple=True, help="Erased concept to attack [the manifest's].")
+@click.option("--prompts", multiple=True, metavar="SET|CSV",
+              help="The paper's prompt sets (vangogh, artists, imagenette, nudity) or a CSV [toy world: its own].")
+@click.option("--scorer", type=click.Choice(["toy", "clip", "nudenet", "resnet"]),
+              help="[toy on the toy world; clip for vangogh/artists, resnet for imagenette, nudenet for nudity]")
+@click.option("--clip-model", type=click.Path(file_okay=False, path_type=Path),
+              help="Local transformers CLIPModel directory for --scorer clip.")
+@click.option("--classifier-model", type=click.Path(file_okay=False, path_type=Path),
+              help="Local ResNetForImageClassification directory for --scorer resnet.")
+@click.option("--sample-steps", type=click.IntRange(min=1), help="Denoising steps [the model's own].")
+@click.option("--guidance", type=click.FloatRange(min=0), help="Guidance scale [the model's own].")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Report directory [EDITED/attack].")
+@click.option("--no-update", is_flag=True, help="Do not write the results into EDITED/esd.json and README.md.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
+@_errors_to_exit
+def attack(edited, attacks, steps, lr, n_tokens, n_images, num_images, seed, base_model, concepts, prompts, scorer,
+           clip_model, classifier_model, sample_steps, guidance, out, no_update, quiet):
+    """Red-team an erase: try to bring the erased concept back with white-box attacks.
+
+    inversion learns a new word from images of the concept (textual inversion) and puts it in
+    place of the concept word; embedding optimises a few prompt token embeddings (UnlearnDiff).
+    Each attack also runs on the base model as the control, which must reach a high rate for
+    the attack success rate (ASR) to mean anything. Writes attack.json, attack.md and grids, and
+    records the results in the manifest.
+    """
+    from .attack import ATTACKS, run_attacks
+
+    report = run_attacks(edited, list(attacks) or ATTACKS, steps=steps, lr=lr, n_tokens=n_tokens, n_images=n_images,
+                         n=num_images, seed=seed, out=out, update=not no_update, scorer=scorer,
+                         prompts=list(prompts) or None, base_model=base_model, concepts=list(concepts) or None,
+                         clip_model=clip_model, classifier_model=classifier_model, sampler_steps=sample_steps,
+                         guidance=guidance, progress=not quiet)
+    click.echo(report.markdown().rstrip())
+    click.echo(f"wrote {out or edited / 'attack'} (attack.json, attack.md, grid_*.png)")
 
 
 def _latest_erase_output() -> Path:

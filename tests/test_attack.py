@@ -240,3 +240,18 @@ def test_run_attacks_writes_reports_and_the_manifest(tmp_path):
     assert scores["summary"] == report.summary() and set(scores["summary"]) == {"inversion", "embedding"}
     assert "| inversion | circle |" in (out / "attack.md").read_text()
     assert '"attack"' in (edit / "README.md").read_text()
+
+
+def test_cli_attack_and_eval_attack_errors_are_one_line(tmp_path):
+    from click.testing import CliRunner
+
+    from esd_sdk.cli import cli
+
+    runner = CliRunner()
+    bad = runner.invoke(cli, ["attack", str(tmp_path), "--steps", "0"])
+    assert bad.exit_code == 1 and "steps must be a positive integer, got 0" in bad.output
+    assert len(bad.output.strip().splitlines()) == 1
+    unknown = runner.invoke(cli, ["attack", str(tmp_path), "--attack", "prompt"])
+    assert unknown.exit_code == 2 and "'prompt' is not one of 'inversion', 'embedding'" in unknown.output
+    evaluated = runner.invoke(cli, ["eval", str(tmp_path), "--attack", "embedding", "--attack-tokens", "0"])
+    assert evaluated.exit_code == 1 and "n_tokens must be a positive integer" in evaluated.output

@@ -1,0 +1,95 @@
+"""Plain vs robust ESD on the toy world: does `erase --robust` keep the concept gone under attack,
+what does it cost the kept concepts, and how much longer does it take?
+
+    python benchmarks/robust_toy.py                              # ESD-u "circle" and ESD-x "striped"
+    python benchmarks/robust_toy.py --only circle --robust-every 2 --robust-attack-steps 10
+
+For each erase, plain and robust are trained back to back from the same base and seed (the erase
+time ratio is measured side by side, in one process), then scored the same way:
+- `esd_sdk.evaluate`: the erased rate with plain prompts and every kept concept, base vs edited;
+- `esd_sdk.attack.run_attacks`: inversion and embedding at their default budgets, with their
+  controls on the base model (same seeds for both edits).
+Writes robust_toy.json and robust_toy.md to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+import esd_sdk
+from esd_sdk.attack import run_attacks
+from esd_sdk.evaluate import evaluate
+
+ERASES = {"circle": "u", "striped": "x"}
+RESULTS = Path(__file__).parent / "results" / "robust_toy"
+
+
+def one(concept: str, method: str, work: Path, args) -> dict:
+    base = esd_sdk.load_base("toy")
+    robust = {k: v for k, v in dict(robust_tokens=args.robust_tokens, robust_attack_steps=args.robust_attack_steps,
+                                    robust_every=args.robust_every).items() if v is not None}
+    row = {"concept": concept, "method": method, "robust_settings": robust}
+    for name, extra in (("plain", {}), ("robust", {"robust": True, **robust})):
+        out = work / f"{name}-{concept}"
+        t0 = time.perf_counter()
+        result = esd_sdk.erase(base, concept, method=method, out=out, overwrite=True, progress=False, **extra)
+        seconds = time.perf_counter() - t0
+        report = evaluate(out, n=args.n, update=False)
+        attacks = run_attacks(out, n=args.n, update=False, progress=False)
+        s = report.summary()
+        row[name] = {"erase_seconds": round(seconds, 1), "training_seconds": round(result.seconds, 1),
+                     "erased": s["erased"], "erased_base": s["erased_base"], "kept": s["kept"],
+                     "max_kept_drop": s["max_kept_drop"], "attacks": attacks.summary(),
+                     "config": result.config.to_dict()}
+        print(f"{concept} {name}: {json.dumps(row[name]['attacks'])} erased {s['erased']} kept drop "
+              f"{s['max_kept_drop']} in {seconds:.0f}s", flush=True)
+    row["time_ratio"] = row["robust"]["training_seconds"] / row["plain"]["training_seconds"]
+    return row
+
+
+def markdown(data: dict) -> str:
+    pct = lambda v: "n/a" if v is None else f"{100 * v:.1f}%"  # noqa: E731
+    frac = pct
+    lines = [f"Toy world, toy defaults, seed 0; {data['n']} images per prompt, toy judge; {data['threads']} torch "
+             f"thread(s). Robust settings: {data['rows'][0]['robust_settings'] or 'defaults'}.", "",
+             "| erase | variant | plain prompts | inversion ASR | embedding ASR | control inv. / emb. (base) | max kept drop | erase s |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for row in data["rows"]:
+        for name in ("plain", "robust"):
+            r = row[name]
+            a = r["attacks"]
+            lines.append(f"| ESD-{row['method']} {row['concept']} | {name} | {pct(r['erased'])} | "
+                         f"**{frac(a['inversion']['asr'])}** | **{frac(a['embedding']['asr'])}** | "
+                         f"{frac(a['inversion']['control'])} / {frac(a['embedding']['control'])} | "
+                         f"{pct(r['max_kept_drop'])} | {r['training_seconds']:.0f} |")
+        lines.append(f"| | robust / plain time | | | | | | **{row['time_ratio']:.2f}x** |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", action="append", choices=sorted(ERASES))
+    parser.add_argument("-n", type=int, default=8, help="images per prompt")
+    parser.add_argument("--robust-tokens", type=int)
+    parser.add_argument("--robust-attack-steps", type=int)
+    parser.add_argument("--robust-every", type=int)
+    parser.add_argument("--work", type=Path, default=Path("runs/robust_toy"))
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    rows = [one(c, ERASES[c], args.work, args) for c in (args.only or ERASES)]
+    data = {"n": args.n, "threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine(),
+            "rows": rows}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "robust_toy.json").write_text(json.dumps(data, indent=2) + "\n")
+    (args.out / "robust_toy.md").write_text(markdown(data))
+    print(markdown(data))
+
+
+if __name__ == "__main__":
+    main()
