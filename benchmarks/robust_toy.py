@@ -27,6 +27,7 @@ from esd_sdk.attack import run_attacks
 from esd_sdk.evaluate import evaluate
 
 ERASES = {"circle": "u", "striped": "x"}
+NEIGHBOURS = {"circle": ["square", "triangle", "cross"], "striped": ["dotted"]}  # held by --preserve-neighbours
 RESULTS = Path(__file__).parent / "results" / "robust_toy"
 
 
@@ -35,7 +36,8 @@ def one(concept: str, method: str, work: Path, args) -> dict:
     robust = {k: v for k, v in dict(robust_tokens=args.robust_tokens, robust_attack_steps=args.robust_attack_steps,
                                     robust_every=args.robust_every).items() if v is not None}
     row = {"concept": concept, "method": method, "robust_settings": robust}
-    for name, extra in (("plain", {}), ("robust", {"robust": True, **robust})):
+    keep = {"preserve": NEIGHBOURS[concept]} if args.preserve_neighbours else {}
+    for name, extra in (("plain", keep), ("robust", {"robust": True, **robust, **keep})):
         out = work / f"{name}-{concept}"
         t0 = time.perf_counter()
         result = esd_sdk.erase(base, concept, method=method, out=out, overwrite=True, progress=False, **extra)
@@ -57,7 +59,8 @@ def markdown(data: dict) -> str:
     pct = lambda v: "n/a" if v is None else f"{100 * v:.1f}%"  # noqa: E731
     frac = pct
     lines = [f"Toy world, toy defaults, seed 0; {data['n']} images per prompt, toy judge; {data['threads']} torch "
-             f"thread(s). Robust settings: {data['rows'][0]['robust_settings'] or 'defaults'}.", "",
+             f"thread(s). Robust settings: {data['rows'][0]['robust_settings'] or 'defaults'}; preserve: "
+             f"{data['preserve'] or 'none'}.", "",
              "| erase | variant | plain prompts | inversion ASR | embedding ASR | control inv. / emb. (base) | max kept drop | erase s |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for row in data["rows"]:
@@ -79,11 +82,14 @@ def main() -> None:
     parser.add_argument("--robust-tokens", type=int)
     parser.add_argument("--robust-attack-steps", type=int)
     parser.add_argument("--robust-every", type=int)
+    parser.add_argument("--preserve-neighbours", action="store_true",
+                        help="both variants hold the other concepts of the same kind with --preserve")
     parser.add_argument("--work", type=Path, default=Path("runs/robust_toy"))
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     rows = [one(c, ERASES[c], args.work, args) for c in (args.only or ERASES)]
     data = {"n": args.n, "threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine(),
+            "preserve": {c: NEIGHBOURS[c] for c in (args.only or ERASES)} if args.preserve_neighbours else None,
             "rows": rows}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "robust_toy.json").write_text(json.dumps(data, indent=2) + "\n")

@@ -174,7 +174,7 @@ def test_fp16_conversion_drops_the_fp32_external_data(tiny_sd, tmp_path):
     onnx.save(onnx.load(str(src)), str(model_dir / "model.onnx"), save_as_external_data=True,
               all_tensors_to_one_file=True, location="model.onnx_data", size_threshold=0)
     fp32_bytes = sum(p.stat().st_size for p in model_dir.iterdir())
-    assert (model_dir / "model.onnx_data").stat().st_size > 0.9 * fp32_bytes
+    assert (model_dir / "model.onnx_data").stat().st_size > 0.5 * fp32_bytes
     _convert_fp16(model_dir / "model.onnx")
     assert sorted(p.name for p in model_dir.iterdir()) == ["model.onnx"]  # inline: under the 2 GB limit
     assert (model_dir / "model.onnx").stat().st_size < 0.6 * fp32_bytes
