@@ -36,8 +36,11 @@ def one(concept: str, method: str, work: Path, args) -> dict:
     robust = {k: v for k, v in dict(robust_tokens=args.robust_tokens, robust_attack_steps=args.robust_attack_steps,
                                     robust_every=args.robust_every).items() if v is not None}
     row = {"concept": concept, "method": method, "robust_settings": robust}
-    keep = {"preserve": NEIGHBOURS[concept]} if args.preserve_neighbours else {}
-    for name, extra in (("plain", keep), ("robust", {"robust": True, **robust, **keep})):
+    keep = {"preserve": args.preserve or NEIGHBOURS[concept]} if args.preserve_neighbours or args.preserve else {}
+    if args.preserve_weight is not None:
+        keep["preserve_weight"] = args.preserve_weight
+    variants = (("plain", keep), ("robust", {"robust": True, **robust, **keep}))
+    for name, extra in [v for v in variants if v[0] in args.variants]:
         out = work / f"{name}-{concept}"
         t0 = time.perf_counter()
         result = esd_sdk.erase(base, concept, method=method, out=out, overwrite=True, progress=False, **extra)
@@ -51,7 +54,8 @@ def one(concept: str, method: str, work: Path, args) -> dict:
                      "config": result.config.to_dict()}
         print(f"{concept} {name}: {json.dumps(row[name]['attacks'])} erased {s['erased']} kept drop "
               f"{s['max_kept_drop']} in {seconds:.0f}s", flush=True)
-    row["time_ratio"] = row["robust"]["training_seconds"] / row["plain"]["training_seconds"]
+    if len(args.variants) == 2:
+        row["time_ratio"] = row["robust"]["training_seconds"] / row["plain"]["training_seconds"]
     return row
 
 
@@ -64,14 +68,15 @@ def markdown(data: dict) -> str:
              "| erase | variant | plain prompts | inversion ASR | embedding ASR | control inv. / emb. (base) | max kept drop | erase s |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for row in data["rows"]:
-        for name in ("plain", "robust"):
+        for name in [v for v in ("plain", "robust") if v in row]:
             r = row[name]
             a = r["attacks"]
             lines.append(f"| ESD-{row['method']} {row['concept']} | {name} | {pct(r['erased'])} | "
                          f"**{frac(a['inversion']['asr'])}** | **{frac(a['embedding']['asr'])}** | "
                          f"{frac(a['inversion']['control'])} / {frac(a['embedding']['control'])} | "
                          f"{pct(r['max_kept_drop'])} | {r['training_seconds']:.0f} |")
-        lines.append(f"| | robust / plain time | | | | | | **{row['time_ratio']:.2f}x** |")
+        if "time_ratio" in row:
+            lines.append(f"| | robust / plain time | | | | | | **{row['time_ratio']:.2f}x** |")
     return "\n".join(lines) + "\n"
 
 
@@ -84,12 +89,17 @@ def main() -> None:
     parser.add_argument("--robust-every", type=int)
     parser.add_argument("--preserve-neighbours", action="store_true",
                         help="both variants hold the other concepts of the same kind with --preserve")
+    parser.add_argument("--preserve", action="append", help="prompt both variants preserve (instead of all neighbours)")
+    parser.add_argument("--preserve-weight", type=float)
+    parser.add_argument("--variants", nargs="+", default=["plain", "robust"], choices=["plain", "robust"])
     parser.add_argument("--work", type=Path, default=Path("runs/robust_toy"))
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     rows = [one(c, ERASES[c], args.work, args) for c in (args.only or ERASES)]
     data = {"n": args.n, "threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine(),
-            "preserve": {c: NEIGHBOURS[c] for c in (args.only or ERASES)} if args.preserve_neighbours else None,
+            "preserve": ({c: args.preserve or NEIGHBOURS[c] for c in (args.only or ERASES)}
+                         if args.preserve_neighbours or args.preserve else None),
+            "preserve_weight": args.preserve_weight,
             "rows": rows}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "robust_toy.json").write_text(json.dumps(data, indent=2) + "\n")

@@ -429,15 +429,17 @@ def generate_soft(base: BaseModel, soft: SoftPrompt, n: int = 1, seed: int = 0, 
     from . import GenerationConfig
 
     config = (config or GenerationConfig.for_model(base)).validate()
-    pipe = base.pipeline
-    original = pipe.unet
+    # A pipeline object of our own (as esd_sdk.generate): the caller's is never touched.
+    scheduler = base.pipeline.scheduler
+    own = {"scheduler": type(scheduler).from_config(scheduler.config)}
     if unet is not None:
-        pipe.unet = unet
+        own["unet"] = unet
+    pipe = base.with_components(**own).pipeline
     pipe.set_progress_bar_config(disable=True)
     jobs = [(i, seed + j) for i in range(len(soft.templates)) for j in range(n)]
     out = []
-    try:
-        target = AttackTarget.from_pipeline(pipe)
+    target = AttackTarget.from_pipeline(pipe)
+    with torch.no_grad():
         for start in range(0, len(jobs), config.batch_size):
             chunk = jobs[start:start + config.batch_size]
             cond = soft.encode(target, [i for i, _ in chunk])
@@ -447,8 +449,6 @@ def generate_soft(base: BaseModel, soft: SoftPrompt, n: int = 1, seed: int = 0, 
             result = pipe(**kwargs, num_inference_steps=config.num_inference_steps, guidance_scale=config.guidance_scale,
                           generator=[torch.Generator("cpu").manual_seed(s) for _, s in chunk], output_type="np")
             out.append(result.images)
-    finally:
-        pipe.unet = original
     return np.concatenate(out).astype(np.float32)
 
 

@@ -255,3 +255,26 @@ def test_cli_attack_and_eval_attack_errors_are_one_line(tmp_path):
     assert unknown.exit_code == 2 and "'prompt' is not one of 'inversion', 'embedding'" in unknown.output
     evaluated = runner.invoke(cli, ["eval", str(tmp_path), "--attack", "embedding", "--attack-tokens", "0"])
     assert evaluated.exit_code == 1 and "n_tokens must be a positive integer" in evaluated.output
+
+
+def test_robust_erase_lowers_the_attack_success_rate(toy):
+    """Same seeds, same attack: plain ESD-u "circle" falls to the embedding attack, robust ESD
+    does not (full figures: benchmarks/robust_toy.py). One trajectory per 4 steps keeps it quick."""
+    from esd_sdk import erase
+
+    prompts = [f"a {c} circle" for c in COLOURS]
+    images = np.concatenate([generate(toy, p, n=4, seed=100_000, config=FAST) for p in prompts])
+    assert _object_rate(images, "circle") >= 0.9
+    latents = encode_images(toy.pipeline.vae, images)
+    templates = [attack_template(p, ["circle", "disk"], "prefix") for p in prompts]
+    rates = {}
+    for robust in (False, True):
+        edited = erase(toy, "circle", method="u", regenerate_every=4, robust=robust, progress=False).unet
+        plain = _object_rate(generate(toy, prompts, n=4, seed=0, config=FAST, unet=edited), "circle")
+        target = AttackTarget.from_pipeline(toy.pipeline, unet=edited)
+        soft = embedding_attack(target, latents, [t for t in templates for _ in range(4)], steps=100,
+                                generator=torch.Generator().manual_seed(0))
+        rates[robust] = (plain, _object_rate(generate_soft(toy, soft, n=4, seed=0, config=FAST, unet=edited), "circle"))
+    assert rates[False][0] <= 0.25 and rates[True][0] <= 0.25, rates  # both erase the plain prompts
+    assert rates[False][1] >= 0.5, rates  # the attack brings the concept back from plain ESD...
+    assert rates[True][1] <= rates[False][1] - 0.4, rates  # ...and far less from robust ESD
