@@ -264,8 +264,6 @@ def test_robust_erase_trains_against_an_adversarial_prompt(model, request, monke
     assert calls[0] == "circle" and not isinstance(calls[1], str)  # starts as the concept, then warm-starts
     assert all(math.isfinite(loss) for loss in state.losses)
     assert weights_hash(base.unet) == before and weights_hash(state.unet) != before
-    plain = train(base, EraseConfig(concepts=["circle"], method="x", **FAST), progress=False)
-    assert plain.losses != state.losses  # the adversarial term changed the optimisation
 
 
 def test_robust_resume_continues_exactly(tiny_sd, tmp_path, monkeypatch):
