@@ -426,16 +426,10 @@ def generate_soft(base: BaseModel, soft: SoftPrompt, n: int = 1, seed: int = 0, 
                   unet: torch.nn.Module | None = None) -> np.ndarray:
     """Like `esd_sdk.generate`, from soft prompts: ``n`` images per template, image ``i`` from
     seed ``seed + i``, template-major; the pipeline's own sampler and unconditional prompt."""
-    from . import GenerationConfig
+    from .generation import GenerationConfig, own_pipeline
 
     config = (config or GenerationConfig.for_model(base)).validate()
-    # A pipeline object of our own (as esd_sdk.generate): the caller's is never touched.
-    scheduler = base.pipeline.scheduler
-    own = {"scheduler": type(scheduler).from_config(scheduler.config)}
-    if unet is not None:
-        own["unet"] = unet
-    pipe = base.with_components(**own).pipeline
-    pipe.set_progress_bar_config(disable=True)
+    pipe = own_pipeline(base, unet)  # the caller's pipeline is never touched
     jobs = [(i, seed + j) for i in range(len(soft.templates)) for j in range(n)]
     out = []
     target = AttackTarget.from_pipeline(pipe)

@@ -54,6 +54,19 @@ class GenerationConfig:
         (Path(directory) / GENERATION_CONFIG_NAME).write_text(json.dumps(asdict(self), indent=2) + "\n")
 
 
+def own_pipeline(base: BaseModel, unet: torch.nn.Module | None = None, progress: bool = False):
+    """A pipeline object of our own that shares ``base``'s weights (with ``unet`` in place of its
+    UNet), with its own scheduler, which keeps per-call state: the caller's pipeline is never
+    touched, so concurrent calls are safe."""
+    scheduler = base.pipeline.scheduler
+    own = {"scheduler": type(scheduler).from_config(scheduler.config)}
+    if unet is not None:
+        own["unet"] = unet
+    pipe = base.with_components(**own).pipeline
+    pipe.set_progress_bar_config(disable=not progress)
+    return pipe
+
+
 def generate(base: BaseModel, prompts: str | list[str], n: int = 1, seed: int = 0,
              config: GenerationConfig | None = None, unet: torch.nn.Module | None = None,
              progress: bool = False) -> np.ndarray:
@@ -76,14 +89,7 @@ def generate(base: BaseModel, prompts: str | list[str], n: int = 1, seed: int = 
     if n <= 0:
         raise ConfigError(f"number of images must be positive, got {n}")
     config = (config or GenerationConfig.for_model(base)).validate()
-    # A pipeline object of our own that shares the weights, with its own scheduler (which keeps
-    # per-call state): the caller's pipeline is never touched, so concurrent calls are safe.
-    scheduler = base.pipeline.scheduler
-    own = {"scheduler": type(scheduler).from_config(scheduler.config)}
-    if unet is not None:
-        own["unet"] = unet
-    pipe = base.with_components(**own).pipeline
-    pipe.set_progress_bar_config(disable=not progress)
+    pipe = own_pipeline(base, unet, progress)
     device = pipe.unet.device
     jobs = [(p, seed + i) for p in prompts for i in range(n)]
     out = []
