@@ -269,7 +269,8 @@ def test_robust_erase_lowers_the_attack_success_rate(toy):
     templates = [attack_template(p, ["circle", "disk"], "prefix") for p in prompts]
     rates = {}
     for robust in (False, True):
-        edited = erase(toy, "circle", method="u", regenerate_every=4, robust=robust, progress=False).unet
+        edited = erase(toy, "circle", method="u", regenerate_every=4, robust=robust, robust_every=4, robust_attack_steps=10,
+                       progress=False).unet
         plain = _object_rate(generate(toy, prompts, n=4, seed=0, config=FAST, unet=edited), "circle")
         target = AttackTarget.from_pipeline(toy.pipeline, unet=edited)
         soft = embedding_attack(target, latents, [t for t in templates for _ in range(4)], steps=100,
