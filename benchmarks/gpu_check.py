@@ -292,7 +292,7 @@ def section_tensorrt(plan: dict, work: Path, dry: bool, opts) -> dict:
     times = _interleaved({"tensorrt": lambda: trt_rt(sample, timestep, cond),
                           "torch": lambda: torch_rt(sample, timestep, cond)}, plan["runs"], plan["warmup"],
                          torch.cuda.synchronize)
-    del trt_rt
+    trt_rt = None  # release the engine before refitting its file
     torch.cuda.synchronize()
     t0 = time.perf_counter()
     refit = refit_engine(plan_path, export["export_dir"], edit)

@@ -22,7 +22,6 @@ import json
 import time
 from pathlib import Path
 
-from esd_sdk.config import EraseConfig
 from esd_sdk import erase
 from esd_sdk.evaluate import evaluate, sweep
 

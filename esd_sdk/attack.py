@@ -48,7 +48,7 @@ from torch.nn import functional as F
 
 from .conditioning import Conditioning
 from .errors import AttackError, ConfigError
-from .loading import BaseModel, load_base
+from .loading import BaseModel
 
 logger = logging.getLogger(__name__)
 
@@ -611,7 +611,7 @@ class _Runner:
 def run_attacks(edit_dir: str | Path, attacks=ATTACKS, *, steps: int | None = None, lr: float | None = None,
                 n_tokens: int | None = None, n_images: int | None = None, batch_size: int | None = None,
                 n: int = 8, seed: int = 0, out: str | Path | None = None, update: bool = True,
-                scorer: str | None = None, prompts: list[str] | None = None, base_model: str | None = None,
+                scorer: str | None = None, prompts: list[str] | None = None, base_model: str | BaseModel | None = None,
                 concepts: list[str] | None = None, clip_model=None, classifier_model=None,
                 nudenet_threshold: float | None = None, sampler_steps: int | None = None,
                 guidance: float | None = None, progress: bool = False) -> AttackReport:
@@ -630,41 +630,29 @@ def run_attacks(edit_dir: str | Path, attacks=ATTACKS, *, steps: int | None = No
         sampler_steps, guidance: sampler overrides [the model's own].
         progress: show progress bars.
     """
-    from . import GenerationConfig
     from .artifact import load_edited_unet, load_manifest, update_manifest
-    from .evaluate import DEFAULT_SCORER, csv_prompt_sets, toy_prompt_sets
-    from .scorers import make_scorer
+    from .evaluate import sampler_config, scoring_plan
+    from .scorers import NUDENET_THRESHOLD
 
     budgets = budgets_for(attacks, steps, lr, n_tokens, n_images, batch_size)
     if n <= 0:
         raise ConfigError(f"images per prompt must be positive, got {n}: e.g. -n 8")
     edit_dir = Path(edit_dir)
     manifest = load_manifest(edit_dir)
-    base = load_base(base_model or manifest["base_model"])
-    concepts = list(concepts or manifest["concepts"])
-    if prompts:
-        sets = csv_prompt_sets(list(prompts), concepts, [], seed)["erased"]
-        scorer = scorer or DEFAULT_SCORER.get(str(prompts[0]), "clip")
-    elif base.family == "toy":
-        sets, scorer = toy_prompt_sets(concepts, [], seed)["erased"], scorer or "toy"
-    else:
-        raise ConfigError("a real model is attacked on the paper's prompt sets: pass --prompts "
-                          "vangogh|artists|imagenette|nudity (or a CSV)")
-    options = {"nudenet_threshold": nudenet_threshold} if nudenet_threshold is not None else {}
-    judge = make_scorer(scorer, device=base.unet.device, clip_model=clip_model, classifier_model=classifier_model,
-                        **options)
-    config = GenerationConfig.for_model(base)
-    config.num_inference_steps = sampler_steps or config.num_inference_steps
-    config.guidance_scale = config.guidance_scale if guidance is None else guidance
-    config.validate()
+    options = dict(clip_model=clip_model, classifier_model=classifier_model,
+                   nudenet_threshold=NUDENET_THRESHOLD if nudenet_threshold is None else nudenet_threshold)
+    plan = scoring_plan(manifest, base_model, concepts, [], prompts, scorer, seed, options)  # the eval's
+    base, sets, judge, concepts = plan.base, plan.sets["erased"], plan.scorer, plan.protocol["concepts"]
+    config = sampler_config(base, sampler_steps, guidance)
     runner = _Runner(base, load_edited_unet(edit_dir).to(base.unet.device), judge, config, n, seed, progress)
     out = Path(out) if out is not None else edit_dir / "attack"
     out.mkdir(parents=True, exist_ok=True)
     report = AttackReport(str(edit_dir), base.source, manifest.get("method", "?"), concepts, n, seed,
                           {"scheduler": type(base.pipeline.scheduler).__name__, **asdict(config)},
-                          {"prompts": [str(p) for p in prompts] if prompts else "toy world", **judge.describe(),
-                           "train_seed_offset": TRAIN_SEED_OFFSET},
+                          {**plan.protocol, "train_seed_offset": TRAIN_SEED_OFFSET},
                           {a: asdict(b) for a, b in budgets.items()})
+    from .evaluate import thumbnails
+
     grids: dict[str, list[tuple[str, np.ndarray]]] = {}
     for key, rows in sets.items():
         plain = {m: runner.rate(runner.images(rows, m), rows) for m in ("edited", "base")}
@@ -676,7 +664,7 @@ def run_attacks(edit_dir: str | Path, attacks=ATTACKS, *, steps: int | None = No
                 prompt = result.templates[i].replace(PLACEHOLDER, "<*>")
                 for m, label in (("base", "base control"), ("edited", "edited attack")):
                     images = shown[m][i * n:i * n + min(n, GRID_IMAGES)]
-                    grids.setdefault(attack, []).append((f"{label}: {prompt}", _thumbnails(images)))
+                    grids.setdefault(attack, []).append((f"{label}: {prompt}", thumbnails(images)))
     save_grids(grids, out, edit_dir.name)
     (out / "attack.json").write_text(json.dumps(report.to_dict(), indent=2) + "\n")
     (out / "attack.md").write_text(report.markdown())
@@ -688,24 +676,10 @@ def run_attacks(edit_dir: str | Path, attacks=ATTACKS, *, steps: int | None = No
     return report
 
 
-def _thumbnails(images: np.ndarray, size: int = 128) -> np.ndarray:
-    """Images larger than ``size`` pixels shrunk to it, for the grids."""
-    if images.shape[1] <= size:
-        return images
-    from PIL import Image
-
-    small = [Image.fromarray((np.clip(im, 0, 1) * 255).round().astype(np.uint8)).resize((size, size), Image.LANCZOS)
-             for im in images]
-    return np.stack([np.asarray(im, dtype=np.float32) / 255 for im in small])
-
-
 def save_grids(grids: dict[str, list[tuple[str, np.ndarray]]], out: Path, title: str) -> None:
     """One grid per attack, grid_<attack>.png: a labelled row of images per (label, images)."""
-    from . import image_grid
+    from .evaluate import rows_grid
 
     for attack, cells in grids.items():
-        k = max(len(c) for _, c in cells)
-        images = [np.concatenate([c, np.ones((k - len(c), *c.shape[1:]), np.float32)]) for _, c in cells]
-        scale = max(1, 128 // images[0].shape[1])
-        image_grid(np.concatenate(images), columns=k, row_labels=[label[:60] for label, _ in cells], scale=scale,
-                   title=f"{attack}: base control vs edited attack ({title})").save(out / f"grid_{attack}.png")
+        rows = [(label[:60], images) for label, images in cells]
+        rows_grid(rows, f"{attack}: base control vs edited attack ({title})").save(out / f"grid_{attack}.png")

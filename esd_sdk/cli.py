@@ -14,6 +14,7 @@ from pathlib import Path
 
 import click
 
+from .attack import ATTACKS
 from .errors import EsdError
 
 EPILOG_GENERATE = """\b
@@ -257,8 +258,6 @@ def apply_delta(edit, model, unet_dir, out, revert, no_check, overwrite):
     click.echo(f"{'reverted' if revert else 'applied'} {edit}; wrote {out}")
 
 
-ATTACK_NAMES = ["inversion", "embedding"]
-
 EPILOG_EVAL = """\b
 Examples:
   esd-sdk eval erased-circle -n 8                                   # toy world, bundled judge
@@ -309,7 +308,7 @@ def _scoring_kwargs(base_model, concepts, keep, prompts, scorer, clip_model, cla
 @_scoring_options
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Report directory [EDITED/eval].")
 @click.option("--no-update", is_flag=True, help="Do not write the scores into EDITED/esd.json and README.md.")
-@click.option("--attack", "attacks", multiple=True, type=click.Choice(ATTACK_NAMES),
+@click.option("--attack", "attacks", multiple=True, type=click.Choice(ATTACKS),
               help="Also red-team the erase with this attack (see esd-sdk attack); repeat for several.")
 @click.option("--attack-steps", type=int, help="Optimisation steps of each attack [200].")
 @click.option("--attack-tokens", type=int, help="Learned tokens per prompt [inversion 8, embedding 6].")
@@ -321,12 +320,16 @@ def evaluate(edited, out, no_update, attacks, attack_steps, attack_tokens, **sco
     With --attack, also runs `esd-sdk attack` on the same prompts, scorer and seeds (OUT/attack,
     or EDITED/attack).
     """
+    from .artifact import load_manifest
     from .attack import budgets_for, run_attacks
     from .evaluate import evaluate as run_eval
+    from .loading import load_base
 
     kwargs = _scoring_kwargs(**scoring)
     if attacks:
         budgets_for(attacks, steps=attack_steps, n_tokens=attack_tokens)  # a bad budget fails before the eval runs
+        # One base model for the eval and the attacks.
+        kwargs["base_model"] = load_base(kwargs["base_model"] or load_manifest(edited)["base_model"])
     report = run_eval(edited, output_dir=out, update=not no_update, **kwargs)
     click.echo(report.markdown().rstrip())
     click.echo(f"wrote {out or edited / 'eval'} (eval.json, eval.md, grid_*.png)")
@@ -372,7 +375,7 @@ Examples:
 
 @cli.command(epilog=EPILOG_ATTACK)
 @click.argument("edited", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--attack", "attacks", multiple=True, type=click.Choice(ATTACK_NAMES),
+@click.option("--attack", "attacks", multiple=True, type=click.Choice(ATTACKS),
               help="Attack to run; repeat for several [inversion and embedding].")
 @click.option("--steps", type=int, help="Optimisation steps of each attack [200].")
 @click.option("--lr", type=float, help="Adam learning rate of the learned tokens [0.05].")
@@ -408,7 +411,7 @@ def attack(edited, attacks, steps, lr, n_tokens, n_images, num_images, seed, bas
     the attack success rate (ASR) to mean anything. Writes attack.json, attack.md and grids, and
     records the results in the manifest.
     """
-    from .attack import ATTACKS, run_attacks
+    from .attack import run_attacks
 
     report = run_attacks(edited, list(attacks) or ATTACKS, steps=steps, lr=lr, n_tokens=n_tokens, n_images=n_images,
                          n=num_images, seed=seed, out=out, update=not no_update, scorer=scorer,

@@ -168,7 +168,8 @@ class Measurement:
     grid: dict[str, list[tuple[str, np.ndarray]]]  # set -> [(prompt, images)]
 
 
-def _thumbnails(images: np.ndarray) -> np.ndarray:
+def thumbnails(images: np.ndarray) -> np.ndarray:
+    """Images larger than GRID_PIXELS shrunk to it, for the grids."""
     if images.shape[1] <= GRID_PIXELS:
         return images
     pil = [Image.fromarray((np.clip(im, 0, 1) * 255).round().astype(np.uint8)).resize((GRID_PIXELS, GRID_PIXELS), Image.LANCZOS)
@@ -206,7 +207,7 @@ def measure(base: BaseModel, sets: dict[str, dict[str, list[PromptRow]]], scorer
             for j, r in enumerate(batch):
                 values[set_name][r.concept].extend(scores.values[j * n:(j + 1) * n].tolist())
                 if id(r) in shown:
-                    kept_images[id(r)] = _thumbnails(images[j * n:j * n + min(n, GRID_IMAGES)])
+                    kept_images[id(r)] = thumbnails(images[j * n:j * n + min(n, GRID_IMAGES)])
         grid[set_name] = [(r.prompt, kept_images[id(r)]) for r in grid_rows(groups)]
     return Measurement(values, counts, grid)
 
@@ -225,16 +226,21 @@ def save_grids(base: Measurement, edited: Measurement, out: Path, title: str) ->
         for (prompt, b), (_, e) in zip(base.grid[set_name], shown):
             cells += [b, e]
             labels += [f"base: {prompt[:60]}", f"edited: {prompt[:60]}"]
-        k = max(len(c) for c in cells)
-        cells = [np.concatenate([c, np.ones((k - len(c), *c.shape[1:]), np.float32)]) for c in cells]  # pad short rows
-        scale = max(1, 128 // cells[0].shape[1])
-        image_grid(np.concatenate(cells), columns=k, row_labels=labels, scale=scale,
-                   title=f"{set_name}: base vs edited ({title})").save(out / f"grid_{set_name}.png")
+        rows_grid(list(zip(labels, cells)), f"{set_name}: base vs edited ({title})").save(out / f"grid_{set_name}.png")
+
+
+def rows_grid(rows: list[tuple[str, np.ndarray]], title: str) -> Image.Image:
+    """One labelled grid row per (label, images); short rows padded white, small images enlarged."""
+    k = max(len(images) for _, images in rows)
+    cells = [np.concatenate([c, np.ones((k - len(c), *c.shape[1:]), np.float32)]) for _, c in rows]
+    scale = max(1, GRID_PIXELS // cells[0].shape[1])
+    return image_grid(np.concatenate(cells), columns=k, row_labels=[label for label, _ in rows], scale=scale,
+                      title=title)
 
 
 # ---------------------------------------------------------------------------- evaluate, sweep
 
-def _sampler(base: BaseModel, steps: int | None, guidance: float | None) -> GenerationConfig:
+def sampler_config(base: BaseModel, steps: int | None, guidance: float | None) -> GenerationConfig:
     """The model's own sampler settings (the protocol), with explicit overrides."""
     config = GenerationConfig.for_model(base)
     config.num_inference_steps = steps or config.num_inference_steps
@@ -243,16 +249,21 @@ def _sampler(base: BaseModel, steps: int | None, guidance: float | None) -> Gene
 
 
 @dataclass
-class _Plan:
+class ScoringPlan:
+    """What is generated and how it is scored: the base model, the prompt sets and the scorer."""
+
     base: BaseModel
     sets: dict[str, dict[str, list[PromptRow]]]
     scorer: Scorer
     protocol: dict
 
 
-def _plan(manifest: dict, base_model: str | None, concepts: list[str] | None, keep: list[str] | None,
-          prompts: list[str] | None, scorer: str | None, seed: int, scorer_options: dict) -> _Plan:
-    base = load_base(base_model or manifest["base_model"])
+def scoring_plan(manifest: dict, base_model: str | BaseModel | None, concepts: list[str] | None,
+                 keep: list[str] | None, prompts: list[str] | None, scorer: str | None, seed: int,
+                 scorer_options: dict) -> ScoringPlan:
+    """The prompt sets and scorer for an erase output (see the module docstring); ``base_model`` is
+    a loaded model, a model to load, or None for the manifest's."""
+    base = base_model if isinstance(base_model, BaseModel) else load_base(base_model or manifest["base_model"])
     concepts = list(concepts or manifest["concepts"])
     if prompts:
         sets = csv_prompt_sets(list(prompts), concepts, list(keep or []), seed)
@@ -265,10 +276,10 @@ def _plan(manifest: dict, base_model: str | None, concepts: list[str] | None, ke
     built = make_scorer(scorer, device=base.unet.device, **scorer_options)
     protocol = {"prompts": [str(p) for p in prompts] if prompts else "toy world", "concepts": concepts,
                 **built.describe(), "is_rate": built.is_rate}
-    return _Plan(base, sets, built, protocol)
+    return ScoringPlan(base, sets, built, protocol)
 
 
-def evaluate(edited_dir: str | Path, *, base_model: str | None = None, concepts: list[str] | None = None,
+def evaluate(edited_dir: str | Path, *, base_model: str | BaseModel | None = None, concepts: list[str] | None = None,
              keep: list[str] | None = None, prompts: list[str] | None = None, scorer: str | None = None,
              clip_model: str | Path | None = None, classifier_model: str | Path | None = None,
              nudenet_threshold: float = NUDENET_THRESHOLD, n: int = 8, seed: int = 0,
@@ -278,7 +289,7 @@ def evaluate(edited_dir: str | Path, *, base_model: str | None = None, concepts:
 
     Args:
         edited_dir: the directory `esd-sdk erase` wrote.
-        base_model: the base model [the manifest's].
+        base_model: the base model, loaded or to load [the manifest's].
         concepts: the erased concepts to look for [the manifest's].
         keep: concepts that should survive [toy: every other of the same kind; CSVs: every other row].
         prompts: bundled prompt-set names or CSV paths [toy world: built from its vocabulary].
@@ -292,8 +303,8 @@ def evaluate(edited_dir: str | Path, *, base_model: str | None = None, concepts:
     edited_dir = Path(edited_dir)
     manifest = load_manifest(edited_dir)
     options = dict(clip_model=clip_model, classifier_model=classifier_model, nudenet_threshold=nudenet_threshold)
-    plan = _plan(manifest, base_model, concepts, keep, prompts, scorer, seed, options)
-    config = _sampler(plan.base, steps, guidance)
+    plan = scoring_plan(manifest, base_model, concepts, keep, prompts, scorer, seed, options)
+    config = sampler_config(plan.base, steps, guidance)
     unet = load_edited_unet(edited_dir).to(plan.base.unet.device)
     out = Path(output_dir) if output_dir is not None else edited_dir / "eval"
     out.mkdir(parents=True, exist_ok=True)
@@ -356,8 +367,8 @@ def sweep(edited_dir: str | Path, etas: list[float], *, base_model: str | None =
     manifest = load_manifest(edited_dir)
     erase_config = EraseConfig.from_dict(manifest["config"])
     options = dict(clip_model=clip_model, classifier_model=classifier_model, nudenet_threshold=nudenet_threshold)
-    plan = _plan(manifest, base_model, concepts, keep, prompts, scorer, seed, options)
-    config = _sampler(plan.base, steps, guidance)
+    plan = scoring_plan(manifest, base_model, concepts, keep, prompts, scorer, seed, options)
+    config = sampler_config(plan.base, steps, guidance)
     out = Path(output_dir) if output_dir is not None else edited_dir / "sweep"
     out.mkdir(parents=True, exist_ok=True)
     before = measure(plan.base, plan.sets, plan.scorer, n, config)

@@ -25,6 +25,14 @@ from .errors import OutputExistsError
 
 
 def _umask() -> int:
+    """The process's umask. Read from /proc where it can be: setting it to read it back (the only
+    portable way) would briefly change it for every thread of a server."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
     mask = os.umask(0)
     os.umask(mask)
     return mask

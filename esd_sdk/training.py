@@ -51,8 +51,6 @@ from .selection import Selection, select_parameters
 logger = logging.getLogger(__name__)
 
 
-
-
 @dataclass
 class EraseState:
     """What a finished (or interrupted) training run leaves in memory."""
@@ -148,7 +146,7 @@ def _autocast(device: torch.device, precision: str):
 
 
 class _Trainer:
-    """Holds the pieces of one erase run; `run` is the training loop."""
+    """Holds the pieces of one erase run; `train` runs its steps."""
 
     def __init__(self, base: BaseModel, unet: torch.nn.Module, config: EraseConfig, device: torch.device,
                  checkpoint_dir: Path | None):
@@ -367,7 +365,8 @@ class _Adversary:
         runs = -(-c.robust_images // c.batch_size)
         self.latents = [torch.cat([trainer._sample(trainer.concepts.index([k]), c.ddim_steps, frozen=True)
                                    for _ in range(runs)])[:c.robust_images].cpu() for k in range(len(trainer.concepts))]
-        self.soft: dict = {}
+        self.soft: dict = {}  # concept -> its adversarial SoftPrompt
+        self.cond: dict[int, Conditioning] = {}  # concept -> that prompt encoded (until the next refresh)
 
     def conditioning(self, k: int, step: int) -> Conditioning:
         """The adversarial prompt of concept ``k``, refreshed against the current model when due."""
@@ -379,8 +378,11 @@ class _Adversary:
                 self.soft[k] = embedding_attack(
                     self.target, self.latents[k], self.TEMPLATE, n_tokens=c.robust_tokens, steps=c.robust_attack_steps,
                     lr=c.robust_lr, init=self.soft.get(k, c.concepts[k]), generator=self.generator)
-        with torch.no_grad():
-            return self.soft[k].encode(self.target).to(self.trainer.device, torch.float32)
+            self.cond.pop(k, None)
+        if k not in self.cond:
+            with torch.no_grad():
+                self.cond[k] = self.soft[k].encode(self.target).to(self.trainer.device, torch.float32)
+        return self.cond[k]
 
     def state(self) -> dict[str, torch.Tensor]:
         out = {"robust/generator": self.generator.get_state()}
@@ -393,6 +395,7 @@ class _Adversary:
         from .attack import SoftPrompt
 
         self.generator.set_state(tensors["robust/generator"])
+        self.cond.clear()
         for k in range(len(self.latents)):
             vectors = [tensors[f"robust/soft/{k}/{e}"] for e in range(len(self.target.text_encoders))
                        if f"robust/soft/{k}/{e}" in tensors]

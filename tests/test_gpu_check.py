@@ -75,4 +75,5 @@ def test_a_failing_section_is_recorded_and_the_next_one_runs(tmp_path):
     serving = report["sections"]["serving"]
     assert serving["status"] == "error" and "injected failure" in serving["error"] and serving["log_tail"]
     assert report["summary"]["errors"] == {"serving": serving["error"]}
-    assert report["sections"]["tensorrt"]["status"] in ("skipped", "ok", "error")
+    tensorrt = report["sections"]["tensorrt"]  # ran after the failure: skipped here, measured on a GPU
+    assert tensorrt["status"] in ("skipped", "ok") and (tensorrt.get("reason") or tensorrt.get("result"))
