@@ -436,22 +436,32 @@ Examples:
   esd-sdk export erased-circle --format onnx              # -> erased-circle-onnx/
   esd-sdk export --format tensorrt                        # newest erase output here -> <it>-tensorrt/
   esd-sdk export erased-circle --format triton --precision fp16
+  esd-sdk export erased-circle --format pipeline          # -> erased-circle-pipeline/ (DiffusionPipeline)
+  esd-sdk export erased-circle --format onnx-pipeline     # -> ORTStableDiffusionPipeline directory
+  esd-sdk export erased-circle --format lora --rank 8     # -> pipe.load_lora_weights(DIR)
+  esd-sdk export erased-circle --format single-file       # -> erased-circle.safetensors (A1111/ComfyUI)
 """
 
 
 @cli.command(epilog=EPILOG_EXPORT)
 @click.argument("source", required=False, type=click.Path(path_type=Path))
-@click.option("--format", "fmt", type=click.Choice(["onnx", "tensorrt", "triton"]), default="onnx", show_default=True)
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Output directory [default: SOURCE-FORMAT].")
+@click.option("--format", "fmt", type=click.Choice(["onnx", "tensorrt", "triton", "pipeline", "onnx-pipeline", "lora",
+                                                    "single-file"]), default="onnx", show_default=True)
+@click.option("--out", type=click.Path(path_type=Path),
+              help="Output directory [default: SOURCE-FORMAT; single-file: SOURCE.safetensors].")
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), help="ONNX: fp32 [default] or fp16; TensorRT: fp16 [default], bf16 or fp32.")
 @click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset (>= 17).")
 @click.option("--dynamic", is_flag=True, help="TensorRT: dynamic batch 1-8 and latent 32-128 instead of a static profile.")
 @click.option("--max-batch-size", type=int, default=8, show_default=True, help="Triton: max batch size.")
+@click.option("--rank", type=click.IntRange(min=1), help="LoRA: the rank of every tensor [by --rank-energy].")
+@click.option("--rank-energy", type=click.FloatRange(0, 1, min_open=True),
+              help="LoRA: per tensor, the smallest rank keeping this share of the delta's energy [0.99].")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output.")
 @_errors_to_exit
-def export(source, fmt, out, precision, opset, dynamic, max_batch_size, overwrite):
+def export(source, fmt, out, precision, opset, dynamic, max_batch_size, rank, rank_energy, overwrite):
     """Export an edited UNet (an erase output, a UNet or a pipeline directory) to ONNX,
-    a TensorRT engine or a Triton model repository.
+    a TensorRT engine or a Triton model repository; or an erase output as a whole pipeline
+    (diffusers or ONNX Runtime), a LoRA or a single-file checkpoint.
 
     Without SOURCE, the newest erase output in the current directory is used (and named).
     Every ONNX export passes a parity check against PyTorch or is not written.
@@ -462,7 +472,7 @@ def export(source, fmt, out, precision, opset, dynamic, max_batch_size, overwrit
         source = _latest_erase_output()
         click.echo(f"exporting {source} (newest erase output here)")
     result = run_export(source, fmt, out, precision=precision, opset=opset, dynamic=dynamic,
-                        max_batch_size=max_batch_size, overwrite=overwrite)
+                        max_batch_size=max_batch_size, rank=rank, rank_energy=rank_energy, overwrite=overwrite)
     click.echo(result.describe())
 
 

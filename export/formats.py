@@ -11,6 +11,10 @@ Layouts (each written atomically, or not at all):
     onnx       OUT/unet/model.onnx (+ external data), refit_map.json, esd_export.json
     tensorrt   OUT/onnx/ (the fp32 ONNX export it was built from) and OUT/unet.plan (+ .json)
     triton     OUT/unet/config.pbtxt, OUT/unet/1/model.onnx (a Triton model repository)
+    pipeline       OUT/: a diffusers pipeline directory, also an erase output (export/pipeline.py)
+    onnx-pipeline  OUT/: optimum's ONNX Runtime pipeline layout (export/onnx_pipeline.py)
+    lora           OUT/pytorch_lora_weights.safetensors (+ kohya keys): the delta as a LoRA (export/lora.py)
+    single-file    OUT.safetensors: the original SD checkpoint layout (export/single_file.py)
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from ..files import atomic_dir, check_output
 from .onnx import OnnxExport, export_onnx
 from .tensorrt import ENGINE_NAME
 
-FORMATS = ("onnx", "tensorrt", "triton")
+FORMATS = ("onnx", "tensorrt", "triton", "pipeline", "onnx-pipeline", "lora", "single-file")
 
 
 @dataclass
@@ -32,11 +36,14 @@ class Exported:
     """What `export` returns."""
 
     format: str
-    directory: Path  # the output directory
-    onnx: OnnxExport  # the parity-checked ONNX export every format starts from
+    directory: Path  # the output directory (single-file: the output file)
+    onnx: OnnxExport | None = None  # the parity-checked UNet ONNX export the ONNX formats start from
     engine: object | None = None  # tensorrt: the EngineInfo of OUT/unet.plan
+    written: object | None = None  # pipeline, onnx-pipeline, lora, single-file: their writer's result
 
     def describe(self) -> str:
+        if self.written is not None:
+            return self.written.describe()
         parity = f"ONNX parity max |diff| {self.onnx.parity.max_abs_diff:.2g} <= {self.onnx.parity.tolerance:g}"
         if self.engine is not None:
             e = self.engine
@@ -50,11 +57,14 @@ class Exported:
 def default_output(source: str | Path, format: str) -> Path:
     """Where `esd-sdk export SOURCE --format F` writes by default: SOURCE-F next to SOURCE."""
     source = Path(source)
+    if format == "single-file":
+        return source.parent / f"{source.name}.safetensors"
     return source.parent / f"{source.name}-{format}"
 
 
 def export(source: str | Path, format: str = "onnx", out: str | Path | None = None, *, precision: str | None = None,
-           opset: int = 17, dynamic: bool = False, max_batch_size: int = 8, overwrite: bool = False) -> Exported:
+           opset: int = 17, dynamic: bool = False, max_batch_size: int = 8, rank: int | None = None,
+           rank_energy: float | None = None, overwrite: bool = False) -> Exported:
     """Export the UNet of ``source`` (an erase output, a UNet or a pipeline directory).
 
     Args:
@@ -64,11 +74,28 @@ def export(source: str | Path, format: str = "onnx", out: str | Path | None = No
         opset: ONNX opset (>= 17).
         dynamic: TensorRT: a dynamic profile (batch 1-8, latent 32-128) instead of a static one.
         max_batch_size: Triton: the model's max batch size.
+        rank, rank_energy: LoRA: a fixed rank, or the smallest rank per tensor keeping this share of
+            its delta's energy (squared singular values) [energy 0.99].
         overwrite: replace an existing output (only once the new one is complete).
     """
     if format not in FORMATS:
         raise ConfigError(f"export format must be one of {', '.join(FORMATS)}, got '{format}'")
     out = check_output(out if out is not None else default_output(source, format), overwrite)
+    if format in ("pipeline", "lora", "single-file"):
+        if precision is not None:
+            raise ConfigError(f"--precision applies to the ONNX and TensorRT formats; {format} keeps the model's")
+        if format == "pipeline":
+            from .pipeline import export_pipeline
+
+            return Exported(format, out, written=export_pipeline(source, out, overwrite=overwrite))
+        if format == "lora":
+            from .lora import export_lora
+
+            return Exported(format, out, written=export_lora(source, out, rank=rank, energy=rank_energy,
+                                                              overwrite=overwrite))
+        from .single_file import export_single_file
+
+        return Exported(format, out, written=export_single_file(source, out, overwrite=overwrite))
     if format == "tensorrt":
         from .tensorrt import Profile, _require_tensorrt, _write_info, build_engine
 
@@ -84,6 +111,11 @@ def export(source: str | Path, format: str = "onnx", out: str | Path | None = No
         return Exported(format, out, onnx, engine)
     if precision == "bf16":
         raise ConfigError("ONNX export precision must be fp32 or fp16 (bf16 is for TensorRT engines)")
+    if format == "onnx-pipeline":
+        from .onnx_pipeline import export_onnx_pipeline
+
+        written = export_onnx_pipeline(source, out, precision=precision or "fp32", opset=opset, overwrite=overwrite)
+        return Exported(format, out, written.unet, written=written)
     if format == "onnx":
         return Exported(format, out, export_onnx(source, out, precision=precision or "fp32", opset=opset,
                                                  overwrite=overwrite))

@@ -203,12 +203,15 @@ def open_pipeline(model: str | Path | BaseModel, backend: str = "torch", unet: s
     owned = not isinstance(model, BaseModel)  # a base we load here is ours to trim and move
     path = Path(model) if owned else None
     manifest = load_manifest(path) if owned and is_artifact(path) else None
-    base = load_base(manifest["base_model"] if manifest else model, allow_pickle=allow_pickle) if owned else model
+    # An erase output is its base model plus the edited UNet; one exported as a whole pipeline
+    # (`esd-sdk export --format pipeline`) already holds both.
+    separate = manifest is not None and not (path / "model_index.json").is_file()
+    base = load_base(manifest["base_model"] if separate else model, allow_pickle=allow_pickle) if owned else model
     if backend == "torch":
         if unet is not None:
             source = unet
         else:
-            source = load_edited_unet(path) if manifest else base.unet
+            source = load_edited_unet(path) if separate else base.unet
         runtime = load_runtime(source, "torch", device=device, precision=precision, compile=compile)
         # The served UNet replaces the base's in a new pipeline object: a base loaded here is then
         # freed (only one UNet held); a caller's base keeps its own.

@@ -26,6 +26,27 @@ def tiny_sdxl(tmp_path_factory) -> Path:
     return build_random_sdxl(tmp_path_factory.mktemp("tiny_sdxl"))
 
 
+def _erased(base: Path, out: Path) -> Path:
+    """A real (if short) ESD-u erase of ``base``: it changes convolutions, norms and linears."""
+    from esd_sdk.config import EraseConfig
+    from esd_sdk.training import erase
+
+    erase(base, out=out, config=EraseConfig(concepts=["circle"], method="u", steps=2, lr=1e-2, ddim_steps=2),
+          progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def erased_sd(tiny_sd, tmp_path_factory) -> Path:
+    """An erase output of tiny_sd, shared by the export format tests."""
+    return _erased(tiny_sd, tmp_path_factory.mktemp("erased_sd") / "erased")
+
+
+@pytest.fixture(scope="session")
+def erased_sdxl(tiny_sdxl, tmp_path_factory) -> Path:
+    return _erased(tiny_sdxl, tmp_path_factory.mktemp("erased_sdxl") / "erased")
+
+
 @pytest.fixture
 def tiny_sd_copy(tiny_sd, tmp_path) -> Path:
     """A private copy, for tests that damage files."""
