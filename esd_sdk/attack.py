@@ -543,10 +543,14 @@ def _concept_words(base: BaseModel, key: str) -> list[str]:
 class _Runner:
     """One erase, its base model, the scorer and the sampler: generates, scores and attacks."""
 
-    def __init__(self, base: BaseModel, edited: torch.nn.Module, judge, config, n: int, seed: int, progress: bool):
+    def __init__(self, base: BaseModel, edited: torch.nn.Module | None, judge, config, n: int, seed: int,
+                 progress: bool, edited_base: BaseModel | None = None):
+        """``edited``: the edited UNet (None: the base's); ``edited_base``: the edited model's other
+        components where the edit changed more than the UNet (e.g. an edited text encoder)."""
         self.base, self.judge, self.config, self.n, self.seed, self.progress = base, judge, config, n, seed, progress
         self.unets = {"base": None, "edited": edited}
-        self.targets = {m: AttackTarget.from_pipeline(base.pipeline, u) for m, u in self.unets.items()}
+        self.bases = {"base": base, "edited": edited_base or base}
+        self.targets = {m: AttackTarget.from_pipeline(self.bases[m].pipeline, u) for m, u in self.unets.items()}
 
     def rate(self, images: np.ndarray, rows) -> float:
         return float(np.mean(self.judge.score(images, [r for r in rows for _ in range(self.n)]).values))
@@ -562,11 +566,12 @@ class _Runner:
         parts = {}
         for seed, idx in groups.items():
             if soft is None:
-                images = generate(self.base, [rows[i].prompt for i in idx], n=self.n, seed=seed, config=self.config,
-                                  unet=self.unets[model])
+                images = generate(self.bases[model], [rows[i].prompt for i in idx], n=self.n, seed=seed,
+                                  config=self.config, unet=self.unets[model])
             else:
                 chosen = soft.select([soft.templates.index(templates[i]) for i in idx])
-                images = generate_soft(self.base, chosen, n=self.n, seed=seed, config=self.config, unet=self.unets[model])
+                images = generate_soft(self.bases[model], chosen, n=self.n, seed=seed, config=self.config,
+                                       unet=self.unets[model])
             parts.update({i: images[j * self.n:(j + 1) * self.n] for j, i in enumerate(idx)})
         return np.concatenate([parts[i] for i in range(len(rows))])
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,11 @@ import torch
 
 
 from esd_sdk.testing import build_random_sd, build_random_sdxl
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs two pytest-xdist workers on the two-core CI machine: one torch thread each
+    # (two threads each would oversubscribe the cores and slow both down).
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
@@ -45,6 +51,11 @@ def erased_sd(tiny_sd, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def erased_sdxl(tiny_sdxl, tmp_path_factory) -> Path:
     return _erased(tiny_sdxl, tmp_path_factory.mktemp("erased_sdxl") / "erased")
+
+
+@pytest.fixture(scope="session")
+def erased_toy(tmp_path_factory) -> Path:
+    return _erased("toy", tmp_path_factory.mktemp("erased_toy") / "erased")
 
 
 @pytest.fixture
