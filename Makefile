@@ -20,6 +20,12 @@ $(STAMP): pyproject.toml constraints.txt
 	# torch first and pinned: an unpinned torch can pull a multi-GB CUDA build.
 	$(BIN)/python -m pip install -q -c constraints.txt torch==2.13.0
 	$(BIN)/python -m pip install -q -c constraints.txt -e ".[onnx,eval,dev]"
+	# Triton (serving/triton_app.py): the client, the server binaries that nvidia-pytriton bundles (its Python
+	# API pins numpy<2 and is not used, hence --no-deps), and NumPy 1.x in a folder of its own for Triton's
+	# Python-backend stub, which is built against the NumPy 1 ABI (the venv keeps NumPy 2).
+	$(BIN)/python -m pip install -q -c constraints.txt "tritonclient[http]==2.67.0"
+	$(BIN)/python -m pip install -q --no-deps nvidia-pytriton==0.7.0
+	$(BIN)/python -m pip install -q --no-deps --upgrade --target $(VENV)/triton-numpy numpy==1.26.4
 	touch $(STAMP)
 
 demo: $(STAMP)

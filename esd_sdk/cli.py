@@ -446,7 +446,7 @@ Examples:
 @cli.command(epilog=EPILOG_EXPORT)
 @click.argument("source", required=False, type=click.Path(path_type=Path))
 @click.option("--format", "fmt", type=click.Choice(["onnx", "tensorrt", "triton", "pipeline", "onnx-pipeline", "lora",
-                                                    "single-file"]), default="onnx", show_default=True)
+                                                    "single-file", "triton-t2i"]), default="onnx", show_default=True)
 @click.option("--out", type=click.Path(path_type=Path),
               help="Output directory [default: SOURCE-FORMAT; single-file: SOURCE.safetensors].")
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), help="ONNX: fp32 [default] or fp16; TensorRT: fp16 [default], bf16 or fp32.")
@@ -469,6 +469,7 @@ def export(source, fmt, out, precision, opset, dynamic, max_batch_size, rank, ra
     from .export import export as run_export
 
     if source is None:
+  esd-sdk export erased-circle --format triton-t2i        # -> Triton repository: prompts in, images out
         source = _latest_erase_output()
         click.echo(f"exporting {source} (newest erase output here)")
     result = run_export(source, fmt, out, precision=precision, opset=opset, dynamic=dynamic,

@@ -18,6 +18,7 @@ Which is which, and what a server answers for it:
     ├── ExportError ── ParityError                an export could not be produced / is wrong
     ├── RefitError               new weights cannot be put into an existing export
     ├── EngineError              TensorRT failed to parse, build, load or refit an engine
+    ├── TritonError              Triton Inference Server failed to start or to load a model
     ├── AttackError              a red-team attack could not run
     └── ServiceError             the serving engine refused or dropped a request
         ├── QueueFullError       the queue is full                                 -> 429
@@ -106,6 +107,10 @@ class RefitError(EsdError, ValueError):
 
 class EngineError(EsdError, RuntimeError):
     """TensorRT could not parse, build, deserialise or refit an engine."""
+
+
+class TritonError(EsdError, RuntimeError):
+    """Triton Inference Server could not start, or could not load a model of its repository."""
 
 
 # -- serving -----------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ Layouts (each written atomically, or not at all):
     onnx-pipeline  OUT/: optimum's ONNX Runtime pipeline layout (export/onnx_pipeline.py)
     lora           OUT/pytorch_lora_weights.safetensors (+ kohya keys): the delta as a LoRA (export/lora.py)
     single-file    OUT.safetensors: the original SD checkpoint layout (export/single_file.py)
+    triton-t2i     OUT/text2image/config.pbtxt, 1/model.py: prompts in, images out (serving/triton_app.py)
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from ..files import atomic_dir, check_output
 from .onnx import OnnxExport, export_onnx
 from .tensorrt import ENGINE_NAME
 
-FORMATS = ("onnx", "tensorrt", "triton", "pipeline", "onnx-pipeline", "lora", "single-file")
+FORMATS = ("onnx", "tensorrt", "triton", "pipeline", "onnx-pipeline", "lora", "single-file", "triton-t2i")
 
 
 @dataclass
@@ -73,7 +74,7 @@ def export(source: str | Path, format: str = "onnx", out: str | Path | None = No
         precision: ONNX and Triton: fp32 [default] or fp16; TensorRT: fp16 [default], bf16 or fp32.
         opset: ONNX opset (>= 17).
         dynamic: TensorRT: a dynamic profile (batch 1-8, latent 32-128) instead of a static one.
-        max_batch_size: Triton: the model's max batch size.
+        max_batch_size: Triton (both formats): the model's max batch size.
         rank, rank_energy: LoRA: a fixed rank, or the smallest rank per tensor keeping this share of
             its delta's energy (squared singular values) [energy 0.99].
         overwrite: replace an existing output (only once the new one is complete).
@@ -81,7 +82,7 @@ def export(source: str | Path, format: str = "onnx", out: str | Path | None = No
     if format not in FORMATS:
         raise ConfigError(f"export format must be one of {', '.join(FORMATS)}, got '{format}'")
     out = check_output(out if out is not None else default_output(source, format), overwrite)
-    if format in ("pipeline", "lora", "single-file"):
+    if format in ("pipeline", "lora", "single-file", "triton-t2i"):
         if precision is not None:
             raise ConfigError(f"--precision applies to the ONNX and TensorRT formats; {format} keeps the model's")
         if format == "pipeline":
@@ -93,6 +94,11 @@ def export(source: str | Path, format: str = "onnx", out: str | Path | None = No
 
             return Exported(format, out, written=export_lora(source, out, rank=rank, energy=rank_energy,
                                                               overwrite=overwrite))
+        if format == "triton-t2i":
+            from ..serving.triton_app import write_text2image_repository
+
+            return Exported(format, out, written=write_text2image_repository(source, out, max_batch_size=max_batch_size,
+                                                                             overwrite=overwrite))
         from .single_file import export_single_file
 
         return Exported(format, out, written=export_single_file(source, out, overwrite=overwrite))

@@ -60,6 +60,8 @@ def triton_config(meta: dict, name: str, platform: str, max_batch_size: int, kin
 
 
 def _value(v) -> str:
+    if isinstance(v, bool):  # protobuf text format spells them in lower case
+        return "true" if v else "false"
     if isinstance(v, str):
         return v if re.fullmatch(r"(TYPE|KIND)_[A-Z0-9]+", v) else json.dumps(v)
     return str(v)
@@ -100,6 +102,8 @@ def parse_pbtxt(text: str) -> dict:
         tokens.append(next(g for g in m.groups()[1:] if g is not None))
 
     def scalar(tok: str):
+        if tok in ("true", "false"):
+            return tok == "true"
         if tok.startswith('"'):
             return json.loads(tok)
         if re.fullmatch(r"-?[0-9]+", tok):
