@@ -26,11 +26,6 @@ def erased_sd_v(tiny_sd_v, tmp_path_factory):
     return _erased(tiny_sd_v, tmp_path_factory.mktemp("erased_sd_v") / "erased")
 
 
-@pytest.fixture(scope="module")
-def erased_toy(tmp_path_factory):
-    return _erased("toy", tmp_path_factory.mktemp("erased_toy") / "erased")
-
-
 def _diffusers_images(pipe, prompts, seed):
     generators = [torch.Generator("cpu").manual_seed(seed) for _ in prompts]  # as generate(n=1): one seed
     return pipe(prompt=prompts, num_inference_steps=STEPS.num_inference_steps, guidance_scale=STEPS.guidance_scale,
