@@ -440,6 +440,7 @@ Examples:
   esd-sdk export erased-circle --format onnx-pipeline     # -> ORTStableDiffusionPipeline directory
   esd-sdk export erased-circle --format lora --rank 8     # -> pipe.load_lora_weights(DIR)
   esd-sdk export erased-circle --format single-file       # -> erased-circle.safetensors (A1111/ComfyUI)
+  esd-sdk export erased-circle --format triton-t2i        # -> Triton repository: prompts in, images out
 """
 
 
@@ -469,7 +470,6 @@ def export(source, fmt, out, precision, opset, dynamic, max_batch_size, rank, ra
     from .export import export as run_export
 
     if source is None:
-  esd-sdk export erased-circle --format triton-t2i        # -> Triton repository: prompts in, images out
         source = _latest_erase_output()
         click.echo(f"exporting {source} (newest erase output here)")
     result = run_export(source, fmt, out, precision=precision, opset=opset, dynamic=dynamic,
@@ -525,6 +525,7 @@ EPILOG_SERVE = """\b
 Examples:
   esd-sdk serve --model erased-circle                          # PyTorch UNet on :8000
   esd-sdk serve --model erased-circle --backend onnxruntime    # uses erased-circle-onnx/ (esd-sdk export)
+  esd-sdk serve --model erased-circle --triton                 # Triton: HTTP :8000, gRPC :8001, metrics :8002
   curl -s localhost:8000/generate -d '{"prompt": "a red circle", "seed": 3}' -o out.png
   curl -s localhost:8000/metrics
 """
@@ -552,10 +553,14 @@ Examples:
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True,
               help="torch backend: UNet precision.")
 @click.option("--threads", type=click.IntRange(min=1), help="onnxruntime: intra-op threads.")
+@click.option("--triton", is_flag=True,
+              help="Serve on Triton Inference Server (the binaries nvidia-pytriton bundles) instead: model text2image, "
+                   "HTTP on --port, gRPC on --port+1, metrics on --port+2; Triton batches with --max-batch, "
+                   "--max-wait-ms, --max-queue and --deadline-s.")
 @allow_pickle_option
 @_errors_to_exit
 def serve(model, backend, unet, host, port, max_batch, max_wait_ms, max_queue, deadline_s, warmup, device, precision,
-          threads, allow_pickle):
+          threads, triton, allow_pickle):
     """Serve text-to-image over HTTP: POST /generate, GET /healthz, GET /metrics (Prometheus).
 
     Concurrent requests are micro-batched into one UNet batch; a full queue answers 429, a
@@ -565,6 +570,10 @@ def serve(model, backend, unet, host, port, max_batch, max_wait_ms, max_queue, d
     from .serving import Service, open_pipeline
     from .serving.server import serve as run_server
 
+    if triton:
+        return _serve_triton(model, host=host, port=port, backend=backend, unet=unet, device=device,
+                             precision=precision, threads=threads, max_batch_size=max_batch, max_wait_ms=max_wait_ms,
+                             max_queue=max_queue, deadline_s=deadline_s, warmup=warmup, allow_pickle=allow_pickle)
     pipe = open_pipeline(model, backend, unet, device=device, precision=precision, threads=threads,
                          allow_pickle=allow_pickle)
     service = Service(pipe, max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue, deadline_s=deadline_s,
@@ -580,6 +589,17 @@ def serve(model, backend, unet, host, port, max_batch, max_wait_ms, max_queue, d
         raise click.ClickException(f"cannot listen on {host}:{port} ({e.strerror}): choose another --port") from e
     stats = service.stats()
     click.echo(f"stopped after {stats.images} images in {stats.batches} batches", err=True)
+
+
+def _serve_triton(model, **options) -> None:
+    from .serving.triton_app import serve_triton
+
+    def ready(server):
+        click.echo(f"Triton serving text2image ({model} on {options['backend']}) at http://{server.http_url} "
+                   f"(gRPC :{server.grpc_port}; log {server.log_file}); Ctrl-C to stop", err=True)
+
+    code = serve_triton(model, ready=ready, **options)
+    click.echo(f"Triton stopped (exit code {code})", err=True)
 
 
 def main() -> None:

@@ -243,7 +243,7 @@ class TritonPythonModel:
         for i, request in enumerate(requests):
             try:
                 rows[i] = self._rows(request, pb_utils)
-            except (ConfigError, ValueError, UnicodeDecodeError) as e:
+            except ValueError as e:  # a ConfigError from the pipeline's checks, bad UTF-8, a bad number
                 errors[i] = str(e)
         # Images with the same number of steps share pipeline calls of up to max_batch images.
         by_steps: dict[int, list[tuple[int, int]]] = defaultdict(list)  # steps -> (request, row)
@@ -423,6 +423,8 @@ class TritonServer:
                 self.process.wait()
         shutil.rmtree(self._work / "backends", ignore_errors=True)
         shutil.rmtree(self._work / "python", ignore_errors=True)
+        if self.log_file.parent != self._work:  # else the log stays for the user to read
+            shutil.rmtree(self._work, ignore_errors=True)
         return self.process.returncode
 
     def _log_tail(self, lines: int = 15) -> str:

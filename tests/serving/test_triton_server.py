@@ -88,3 +88,19 @@ def test_concurrent_requests_match_the_sdk_and_are_batched(edited, tmp_path):
 def _sdk_images(pipe, jobs, steps: int) -> np.ndarray:
     mine = [job for job in jobs if job[2] == steps]
     return to_uint8(pipe([j[0] for j in mine], seeds=[j[1] for j in mine], steps=steps, guidance=[j[3] for j in mine]))
+
+
+def test_serve_triton_refuses_compare():
+    from click.testing import CliRunner
+
+    from esd_sdk.cli import cli
+
+    result = CliRunner().invoke(cli, ["serve", "--model", "toy", "--triton", "--compare"])
+    assert result.exit_code == 2 and "--compare" in result.output
+
+
+def test_server_refuses_a_missing_repository(tmp_path):
+    from esd_sdk.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="does not exist"):
+        TritonServer(tmp_path / "nowhere")
