@@ -40,6 +40,9 @@ demo: $(STAMP)
 	@echo "demo outputs in $(DEMO)/: base.png and erased-circle.png (grids), erased-circle/ (unet/, esd_delta.safetensors,"
 	@echo "  esd.json, README.md, eval/ with base-vs-edited grids and scores), erased-circle-onnx/ (parity-checked ONNX),"
 	@echo "  erased-circle-triton/ (Triton repository), erased-circle-bench/ (latency: bench.md, bench.json, bench.png)"
+	@echo "  erased-circle/eval/eval.html is the whole evaluation in one page: open it in a browser"
+	@echo "review it: $(BIN)/esd-sdk serve --model $(DEMO)/erased-circle --compare"
+	@echo "  then open http://127.0.0.1:8000/ (base and edited side by side; API docs at /docs)"
 	@echo "serve it: $(BIN)/esd-sdk serve --model $(DEMO)/erased-circle --backend onnxruntime"
 
 test: $(STAMP)

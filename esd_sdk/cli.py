@@ -525,9 +525,11 @@ EPILOG_SERVE = """\b
 Examples:
   esd-sdk serve --model erased-circle                          # PyTorch UNet on :8000
   esd-sdk serve --model erased-circle --backend onnxruntime    # uses erased-circle-onnx/ (esd-sdk export)
+  esd-sdk serve --model erased-circle --compare                # base and edited: open http://127.0.0.1:8000/
   esd-sdk serve --model erased-circle --triton                 # Triton: HTTP :8000, gRPC :8001, metrics :8002
   curl -s localhost:8000/generate -d '{"prompt": "a red circle", "seed": 3}' -o out.png
-  curl -s localhost:8000/metrics
+  curl -s localhost:8000/generate -d '{"prompt": "a red circle", "variant": "base"}' -o base.png   # --compare
+  curl -s localhost:8000/metrics                               # API docs: http://127.0.0.1:8000/docs
 """
 
 
@@ -553,6 +555,9 @@ Examples:
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True,
               help="torch backend: UNet precision.")
 @click.option("--threads", type=click.IntRange(min=1), help="onnxruntime: intra-op threads.")
+@click.option("--compare", is_flag=True,
+              help="Also serve the base model (variant 'base') next to the edited one, for the review page at / "
+                   "(torch backend, MODEL an erase output).")
 @click.option("--triton", is_flag=True,
               help="Serve on Triton Inference Server (the binaries nvidia-pytriton bundles) instead: model text2image, "
                    "HTTP on --port, gRPC on --port+1, metrics on --port+2; Triton batches with --max-batch, "
@@ -560,31 +565,44 @@ Examples:
 @allow_pickle_option
 @_errors_to_exit
 def serve(model, backend, unet, host, port, max_batch, max_wait_ms, max_queue, deadline_s, warmup, device, precision,
-          threads, triton, allow_pickle):
-    """Serve text-to-image over HTTP: POST /generate, GET /healthz, GET /metrics (Prometheus).
+          threads, compare, triton, allow_pickle):
+    """Serve text-to-image over HTTP: the review page (GET /), POST /generate, GET /healthz,
+    GET /metrics (Prometheus), API docs at /docs.
 
     Concurrent requests are micro-batched into one UNet batch; a full queue answers 429, a
     request whose deadline passes answers 504; /healthz answers 503 until the warm-up has run;
-    Ctrl-C or SIGTERM stops accepting, finishes every accepted request, then exits.
+    Ctrl-C or SIGTERM stops accepting, finishes every accepted request, then exits. With
+    --compare the page shows the base and the edited model's images from the same seeds side by side.
     """
-    from .serving import Service, open_pipeline
+    from .artifact import is_artifact, load_manifest
+    from .serving import Service, open_comparison, open_pipeline
     from .serving.server import serve as run_server
 
     if triton:
+        if compare:
+            raise click.UsageError("--compare is the built-in server's review page: drop it with --triton")
         return _serve_triton(model, host=host, port=port, backend=backend, unet=unet, device=device,
                              precision=precision, threads=threads, max_batch_size=max_batch, max_wait_ms=max_wait_ms,
                              max_queue=max_queue, deadline_s=deadline_s, warmup=warmup, allow_pickle=allow_pickle)
-    pipe = open_pipeline(model, backend, unet, device=device, precision=precision, threads=threads,
-                         allow_pickle=allow_pickle)
-    service = Service(pipe, max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue, deadline_s=deadline_s,
+    if compare and (backend != "torch" or unet is not None):
+        raise click.UsageError("--compare runs both UNets on the torch backend: drop --backend/--unet")
+    if compare:
+        pipes = open_comparison(model, device=device, precision=precision, allow_pickle=allow_pickle)
+        pipe = pipes["edited"]
+    else:
+        pipes = pipe = open_pipeline(model, backend, unet, device=device, precision=precision, threads=threads,
+                                     allow_pickle=allow_pickle)
+    service = Service(pipes, max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue, deadline_s=deadline_s,
                       warmup=warmup)
+    manifest = load_manifest(model) if is_artifact(Path(model)) else None
 
     def ready(server):
-        click.echo(f"serving {pipe.describe()} at {server.url} (max batch {max_batch}, queue {max_queue}); "
-                   "Ctrl-C to stop", err=True)
+        click.echo(f"serving {pipe.describe()}{' and its base model' if compare else ''} at {server.url} "
+                   f"(max batch {max_batch}, queue {max_queue}); review page {server.url}/, API docs "
+                   f"{server.url}/docs; Ctrl-C to stop", err=True)
 
     try:
-        run_server(service, host, port, model_name=str(model), ready=ready)
+        run_server(service, host, port, model_name=str(model), ready=ready, manifest=manifest)
     except OSError as e:
         raise click.ClickException(f"cannot listen on {host}:{port} ({e.strerror}): choose another --port") from e
     stats = service.stats()

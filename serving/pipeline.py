@@ -232,6 +232,33 @@ def open_pipeline(model: str | Path | BaseModel, backend: str = "torch", unet: s
     return Text2ImagePipeline(base, runtime, inplace=owned)
 
 
+def open_comparison(model: str | Path, *, device: str | None = None, precision: str = "fp32", compile: bool = False,
+                    allow_pickle: bool = False) -> dict[str, Text2ImagePipeline]:
+    """The base and the edited model of an erase output, ``{"base": ..., "edited": ...}``, for a
+    review side by side (``esd-sdk serve --compare``, `Service` with variants): two torch
+    pipelines with the same text encoder, VAE and scheduler (held once), each with its own UNet.
+
+    Args:
+        model: the directory `esd-sdk erase` wrote.
+        device, precision, compile: see `load_runtime` (the same for both UNets).
+    """
+    from ..artifact import is_artifact, load_manifest
+    from ..loading import load_base
+    from .runtime import TorchRuntime, load_runtime
+
+    path = Path(model)
+    if not is_artifact(path):
+        raise ConfigError(f"{model} is not an erase output (no esd.json): a comparison serves an erased model next "
+                          "to its base model, so pass the directory `esd-sdk erase` wrote")
+    base = load_base(load_manifest(path)["base_model"], allow_pickle=allow_pickle)
+    edited = load_runtime(path, "torch", device=device, precision=precision, compile=compile)
+    # The base UNet was loaded here: converted in place rather than copied (one copy of each UNet).
+    original = TorchRuntime(base.unet, edited.device, precision, compile, inplace=True)
+    first = Text2ImagePipeline(base.with_components(unet=original.unet), original, inplace=True)
+    # The second pipeline finds the shared modules already on the device: it uses them as they are.
+    return {"base": first, "edited": Text2ImagePipeline(first.base.with_components(unet=edited.unet), edited)}
+
+
 def _check_export_matches(unet: Path, backend: str, expected: str, model: Path) -> None:
     """Refuse an export of different weights than the erase output's (a stale export)."""
     if backend == "tensorrt":

@@ -1,17 +1,22 @@
-"""A lightweight HTTP server for a `Service`: ``esd-sdk serve --model DIR``.
+"""The HTTP server of ``esd-sdk serve``: FastAPI on uvicorn in front of a `Service`.
 
-Endpoints:
-- ``POST /generate`` with a JSON body ``{"prompt": str, "seed": int, "steps": int,
-  "guidance": float, "height": int, "width": int, "deadline_s": float, "format": "png" | "json"}``
-  (only ``prompt`` is required; ``deadline_s`` defaults to the service's, ``--deadline-s``).
-  ``png`` (the default) answers ``image/png``; ``json`` answers
-  ``{"image": <base64 PNG>, "seed", "batch_size", "latency_ms"}``.
+Endpoints (the OpenAPI schema is at ``/openapi.json``, interactive docs at ``/docs``):
+- ``GET /``: the review page (``static/index.html``): a prompt, a seed, the steps and the number
+  of images in; the base and the edited model's images from the same seeds side by side (with
+  ``--compare``), each with its latency; the erase's summary from its manifest; preset prompts.
+- ``GET /summary``: what the page shows about the model, as JSON.
+- ``POST /generate`` with a JSON body ``{"prompt": str, "seed": int, "steps": int, "guidance": float,
+  "height": int, "width": int, "deadline_s": float, "variant": "base" | "edited", "format": "png" | "json"}``
+  (only ``prompt`` is required; ``deadline_s`` defaults to the service's, ``--deadline-s``;
+  ``variant`` to ``edited``, and ``base`` needs ``--compare``). ``png`` (the default) answers
+  ``image/png``; ``json`` answers ``{"image": <base64 PNG>, "seed", "variant", "batch_size",
+  "latency_ms", "queue_ms", "run_ms"}`` (``run_ms``: the UNet batch's own time).
 - ``GET /healthz``: ``{"status": "ok", ...}``; 503 ``warming`` until the service's warm-up has
-  run (so a load balancer sends no traffic to a cold replica), 503 ``draining`` during shutdown.
-- ``GET /metrics``: Prometheus text format: request counts by endpoint and status, a latency
-  histogram for /generate, images, batches and batch sizes, requests dropped at their deadline,
-  queue depth, requests in flight, warm. The service's counters come from one `Service.stats()`
-  snapshot.
+  run (so a load balancer sends no traffic to a cold replica), 503 ``draining`` once it closes.
+- ``GET /metrics``: Prometheus metrics (prometheus_client): requests by endpoint, status and
+  variant, a latency histogram of /generate by variant, images and batches by variant, batch
+  sizes, requests dropped at their deadline, queue depth, requests in flight, warm. The service's
+  counters come from one `Service.stats()` snapshot per scrape.
 
 Errors are JSON ``{"error": "<one line>"}``: 400 for a malformed body or an argument out of
 bounds, 404/405 for the wrong path or method, 413 for a body over 64 KiB, 429 when the queue is
@@ -20,115 +25,94 @@ before its image was ready (a request still queued then is dropped and costs no 
 A failed batch answers 500 with ``{"error": ..., "request_id": ...}`` and an ``X-Request-Id``
 header; the details (exception and traceback) go to the log under that id, never to the client.
 
-Why the standard library: the server's own work is parsing a small JSON body and writing a PNG;
-the model, batching and back-pressure live in `Service`, which production services embed in
-whatever framework they already run. `ThreadingHTTPServer` gives one thread per connection
-(they block on their request's future while the single worker runs batches), needs no
-dependency, and shuts down cleanly: `serve` stops accepting on SIGINT/SIGTERM, lets the
-worker finish every accepted request, and joins the connection threads before returning.
+The handlers are async: a request submits to the `Service` (which answers at once: accepted,
+or 429) and awaits its future without holding a thread, so any number of clients can wait
+while the single worker runs batches. The body is read here, not by FastAPI, so that a body
+over the limit is refused before it is read and so that any Content-Type is taken as JSON
+(``curl -d`` sends form-encoded). Shutdown: on SIGINT/SIGTERM uvicorn stops accepting, lets
+every response in flight finish (the worker keeps running the accepted requests), and then the
+app's lifespan closes the service.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import io
 import json
 import logging
 import signal
+import socket
 import threading
 import time
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Callable
+from pathlib import Path
+from typing import Literal
 
 import numpy as np
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from PIL import Image
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
 
 from ..errors import ConfigError, DeadlineExceededError, QueueFullError, ServiceClosedError
-from .service import Service, Stats
+from .service import Service
 
 logger = logging.getLogger(__name__)
 
 MAX_BODY = 64 * 1024
-FIELDS = {"prompt": str, "seed": int, "steps": int, "guidance": (int, float), "height": int, "width": int,
-          "deadline_s": (int, float), "format": str}
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+ENDPOINTS = ("/", "/summary", "/generate", "/healthz", "/metrics", "/docs", "/openapi.json")
+PAGE = Path(__file__).parent / "static" / "index.html"
 
 
-class Metrics:
-    """Counters and a latency histogram, rendered in Prometheus' text exposition format."""
+class GenerateRequest(BaseModel):
+    """The body of ``POST /generate``. Bounds (steps, size, prompt length) depend on the model and
+    are checked by the service: out of bounds is a 400 that names the bound."""
 
-    def __init__(self):
-        self._lock = threading.Lock()
-        self.requests: dict[tuple[str, int], int] = {}
-        self.buckets = [0] * len(LATENCY_BUCKETS)
-        self.latency_sum = 0.0
-        self.latency_count = 0
+    model_config = ConfigDict(extra="forbid", strict=True)
 
-    def observe(self, endpoint: str, status: int, seconds: float | None = None) -> None:
-        with self._lock:
-            self.requests[(endpoint, status)] = self.requests.get((endpoint, status), 0) + 1
-            if seconds is not None:
-                self.latency_sum += seconds
-                self.latency_count += 1
-                for i, bound in enumerate(LATENCY_BUCKETS):
-                    if seconds <= bound:
-                        self.buckets[i] += 1
-
-    def render(self, stats: Stats) -> str:
-        with self._lock:
-            lines = ["# HELP esd_requests_total HTTP requests by endpoint and status code.",
-                     "# TYPE esd_requests_total counter"]
-            for (endpoint, status), n in sorted(self.requests.items()):
-                lines.append(f'esd_requests_total{{endpoint="{endpoint}",code="{status}"}} {n}')
-            lines += ["# HELP esd_request_duration_seconds Latency of successful /generate requests.",
-                      "# TYPE esd_request_duration_seconds histogram"]
-            for bound, n in zip(LATENCY_BUCKETS, self.buckets):
-                lines.append(f'esd_request_duration_seconds_bucket{{le="{bound:g}"}} {n}')
-            lines += [f'esd_request_duration_seconds_bucket{{le="+Inf"}} {self.latency_count}',
-                      f"esd_request_duration_seconds_sum {self.latency_sum:.6f}",
-                      f"esd_request_duration_seconds_count {self.latency_count}"]
-        lines += ["# HELP esd_images_total Images generated.", "# TYPE esd_images_total counter",
-                  f"esd_images_total {stats.images}",
-                  "# HELP esd_batches_total UNet batches run.", "# TYPE esd_batches_total counter",
-                  f"esd_batches_total {stats.batches}",
-                  "# HELP esd_batch_size_total Batches by number of requests batched together.",
-                  "# TYPE esd_batch_size_total counter"]
-        for size, n in sorted(stats.batch_sizes.items()):
-            lines.append(f'esd_batch_size_total{{size="{size}"}} {n}')
-        lines += ["# HELP esd_deadline_dropped_total Requests dropped from the queue at their deadline (no UNet step).",
-                  "# TYPE esd_deadline_dropped_total counter",
-                  f"esd_deadline_dropped_total {stats.dropped_deadline}",
-                  "# HELP esd_queue_depth Requests waiting for a batch.", "# TYPE esd_queue_depth gauge",
-                  f"esd_queue_depth {stats.queue_depth}",
-                  "# HELP esd_in_flight Requests in the running batch.", "# TYPE esd_in_flight gauge",
-                  f"esd_in_flight {stats.in_flight}",
-                  "# HELP esd_warm 1 once the warm-up has run.", "# TYPE esd_warm gauge",
-                  f"esd_warm {int(stats.warm)}"]
-        return "\n".join(lines) + "\n"
+    prompt: str = Field(description="What to draw.", examples=["a red circle"])
+    seed: int = Field(0, description="Seed of the starting noise: the same seed gives the same image.")
+    steps: int | None = Field(None, description="Denoising steps [the model's own].")
+    guidance: float | None = Field(None, description="Classifier-free guidance scale [the model's own].")
+    height: int | None = Field(None, description="Image height in pixels [the model's native size].")
+    width: int | None = Field(None, description="Image width in pixels [the model's native size].")
+    deadline_s: float | None = Field(None, description="Give up (504) after this many seconds [the server's].")
+    variant: Literal["base", "edited"] = Field(
+        "edited", description="The edited model, or the base model it was erased from (needs `serve --compare`).")
+    format: Literal["png", "json"] = Field("png", description="image/png, or JSON with the PNG in base64.")
 
 
-def parse_request(body: bytes) -> tuple[dict, str]:
-    """The /generate arguments and the response format; ConfigError (-> 400) names what is wrong."""
-    try:
-        data = json.loads(body or b"null")
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ConfigError(f"body is not valid JSON ({e.msg} at position {e.pos}): send a JSON object") from None
-    if not isinstance(data, dict):
-        raise ConfigError('body must be a JSON object like {"prompt": "a red circle"}')
-    unknown = sorted(set(data) - set(FIELDS))
+KINDS = {"string_type": "a string", "int_type": "an integer", "float_type": "a number", "bool_type": "a boolean"}
+
+
+def request_error(error: ValidationError) -> str:
+    """One line naming what is wrong with a /generate body (the first problem found)."""
+    errors = error.errors(include_url=False)
+    unknown = [str(e["loc"][0]) for e in errors if e["type"] == "extra_forbidden"]
     if unknown:
-        raise ConfigError(f"unknown field(s) {', '.join(unknown)}: allowed are {', '.join(FIELDS)}")
-    if "prompt" not in data:
-        raise ConfigError('missing "prompt"')
-    for name, value in data.items():
-        kinds = FIELDS[name]
-        if not isinstance(value, kinds) or isinstance(value, bool):
-            kind = {str: "a string", int: "an integer", (int, float): "a number"}[kinds]
-            raise ConfigError(f'"{name}" must be {kind}, got {json.dumps(value)}')
-    fmt = data.pop("format", "png")
-    if fmt not in ("png", "json"):
-        raise ConfigError(f'"format" must be "png" or "json", got "{fmt}"')
-    return data, fmt
+        return f"unknown field(s) {', '.join(unknown)}: allowed are {', '.join(GenerateRequest.model_fields)}"
+    e = errors[0]
+    name = ".".join(map(str, e["loc"]))
+    if e["type"] == "json_invalid":
+        return f"body is not valid JSON ({e['ctx']['error']}): send a JSON object"
+    if e["type"] == "model_type" or not name:
+        return 'body must be a JSON object like {"prompt": "a red circle"}'
+    if e["type"] == "missing":
+        return f'missing "{name}"'
+    if e["type"] == "literal_error":
+        return f'"{name}" must be {e["ctx"]["expected"].replace(chr(39), chr(34))}, got {json.dumps(e["input"])}'
+    if e["type"] in KINDS:
+        return f'"{name}" must be {KINDS[e["type"]]}, got {json.dumps(e["input"])}'
+    return f'"{name}": {e["msg"]}'
 
 
 def encode_png(image: np.ndarray) -> bytes:
@@ -137,144 +121,296 @@ def encode_png(image: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-class _Handler(BaseHTTPRequestHandler):
-    server: "EsdHTTPServer"
-    protocol_version = "HTTP/1.1"
-    timeout = 5  # seconds an idle keep-alive connection is kept; bounds how long a drain waits for it
+def _error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status, headers)
 
-    def log_message(self, format, *args):  # route the access log through logging
-        logger.debug("%s - %s", self.address_string(), format % args)
 
-    def _send(self, status: int, body: bytes, content_type: str, headers: dict | None = None) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        if self.server.service.closing:
-            self.send_header("Connection", "close")
-            self.close_connection = True
-        for k, v in (headers or {}).items():
-            self.send_header(k, v)
-        self.end_headers()
-        self.wfile.write(body)
+# ------------------------------------------------------------------------------------ metrics
 
-    def _json(self, status: int, data: dict, endpoint: str, headers: dict | None = None) -> None:
-        self._send(status, (json.dumps(data) + "\n").encode(), "application/json", headers)
-        self.server.metrics.observe(endpoint, status)
+class _ServiceCollector:
+    """The service's counters, read as one `Service.stats()` snapshot per scrape."""
 
-    def _error(self, status: int, message: str, endpoint: str, headers: dict | None = None) -> None:
-        self._json(status, {"error": message}, endpoint, headers)
+    def __init__(self, service: Service):
+        self.service = service
 
-    def do_GET(self):
-        service = self.server.service
-        if self.path == "/healthz":
-            if service.closing:
-                return self._json(503, {"status": "draining"}, "/healthz")
-            stats = service.stats()
-            return self._json(200 if stats.warm else 503, {
-                "status": "ok" if stats.warm else "warming", "model": self.server.model_name,
-                "unet": service.pipeline.runtime.describe(), "queue_depth": stats.queue_depth,
-                "max_queue": service.max_queue, "max_batch": service.max_batch, "deadline_s": service.deadline_s},
-                "/healthz")
-        if self.path == "/metrics":
-            body = self.server.metrics.render(service.stats()).encode()
-            self._send(200, body, "text/plain; version=0.0.4; charset=utf-8")
-            return self.server.metrics.observe("/metrics", 200)
-        if self.path == "/generate":
-            return self._error(405, "use POST for /generate", "/generate", {"Allow": "POST"})
-        return self._error(404, f"no endpoint {self.path}: use POST /generate, GET /healthz or GET /metrics", "other")
+    def collect(self):
+        stats = self.service.stats()
+        images = CounterMetricFamily("esd_images", "Images generated, by variant.", labels=["variant"])
+        batches = CounterMetricFamily("esd_batches", "UNet batches run, by variant.", labels=["variant"])
+        for variant in stats.images_by_variant:
+            images.add_metric([variant], stats.images_by_variant[variant])
+            batches.add_metric([variant], stats.batches_by_variant[variant])
+        sizes = CounterMetricFamily("esd_batch_size", "Batches by number of requests batched together.",
+                                    labels=["size"])
+        for size, n in sorted(stats.batch_sizes.items()):
+            sizes.add_metric([str(size)], n)
+        yield from (images, batches, sizes)
+        yield CounterMetricFamily("esd_deadline_dropped",
+                                  "Requests dropped from the queue at their deadline (no UNet step).",
+                                  value=stats.dropped_deadline)
+        yield GaugeMetricFamily("esd_queue_depth", "Requests waiting for a batch.", value=stats.queue_depth)
+        yield GaugeMetricFamily("esd_in_flight", "Requests in the running batch.", value=stats.in_flight)
+        yield GaugeMetricFamily("esd_warm", "1 once the warm-up has run.", value=int(stats.warm))
 
-    def do_POST(self):
-        if self.path != "/generate":
-            if self.path in ("/healthz", "/metrics"):
-                return self._error(405, f"use GET for {self.path}", self.path, {"Allow": "GET"})
-            return self._error(404, f"no endpoint {self.path}: use POST /generate", "other")
+
+class Metrics:
+    """The server's Prometheus registry: its own (not the process-wide default), so that several
+    servers can live in one process, as in the tests."""
+
+    def __init__(self, service: Service):
+        self.registry = CollectorRegistry()
+        self.requests = Counter("esd_requests", "HTTP requests by endpoint, status code and variant (/generate).",
+                                ["endpoint", "code", "variant"], registry=self.registry)
+        self.latency = Histogram("esd_request_duration_seconds", "Latency of successful /generate requests.",
+                                 ["variant"], buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.registry.register(_ServiceCollector(service))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class _CountRequests:
+    """ASGI middleware: count every response (404s and 405s included) by endpoint, code and variant."""
+
+    def __init__(self, app, metrics: Metrics):
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        status = 500  # what the client gets if the app fails before answering
+
+        async def send_status(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            endpoint = scope["path"] if scope["path"] in ENDPOINTS else "other"
+            variant = scope.get("state", {}).get("variant", "")
+            self.metrics.requests.labels(endpoint, str(status), variant).inc()
+
+
+# ------------------------------------------------------------------------------------ the app
+
+def create_app(service: Service, model_name: str = "model", manifest: dict | None = None) -> FastAPI:
+    """The FastAPI app serving ``service``. ``manifest``: the erase output's (``esd.json``), for
+    the review page's summary of the erase and its preset prompts."""
+    from ..report import manifest_summary, review_prompts
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        yield
+        await asyncio.to_thread(service.close, drain=True)  # after uvicorn has answered every request in flight
+
+    app = FastAPI(title="esd-sdk serve", version=_version(), lifespan=lifespan,
+                  description="Text-to-image with an erased concept: an ESD-edited model, and with `--compare` "
+                              "the base model it was erased from. The review page is at /.")
+    metrics = Metrics(service)
+    app.add_middleware(_CountRequests, metrics=metrics)
+    app.state.service, app.state.metrics = service, metrics
+    page = PAGE.read_text(encoding="utf-8")
+    pipe = service.pipeline
+    review = {"model": model_name, "compare": len(service.pipelines) > 1, "variants": list(service.pipelines),
+              "defaults": {"steps": pipe.defaults.num_inference_steps, "guidance": pipe.defaults.guidance_scale,
+                           "size": pipe.default_size},
+              "erase": manifest_summary(manifest) if manifest else None,
+              "presets": review_prompts(manifest) if manifest else []}
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException):
+        if exc.status_code == 404:
+            message = f"no endpoint {request.url.path}: use POST /generate, GET /healthz, GET /metrics or GET /"
+        elif exc.status_code == 405:
+            message = f"use {(exc.headers or {}).get('Allow', 'another method')} for {request.url.path}"
+        else:
+            message = str(exc.detail)
+        return _error(exc.status_code, message, exc.headers)
+
+    @app.get("/", response_class=HTMLResponse, summary="The review page")
+    async def index():
+        return HTMLResponse(page)
+
+    @app.get("/summary", summary="What the review page shows about the model")
+    async def summary():
+        return review
+
+    @app.get("/healthz", summary="Ready (200), warming up or draining (503)")
+    async def healthz():
+        if service.closing:
+            return JSONResponse({"status": "draining"}, 503)
+        stats = service.stats()
+        return JSONResponse({"status": "ok" if stats.warm else "warming", "model": model_name,
+                             "compare": review["compare"], "variants": review["variants"],
+                             "unet": pipe.runtime.describe(), "queue_depth": stats.queue_depth,
+                             "max_queue": service.max_queue, "max_batch": service.max_batch,
+                             "deadline_s": service.deadline_s}, 200 if stats.warm else 503)
+
+    @app.get("/metrics", summary="Prometheus metrics")
+    async def prometheus_metrics():
+        return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    @app.post("/generate", summary="Generate one image", response_class=Response, responses={
+        200: {"content": {"image/png": {}, "application/json": {}}, "description": "The image (format png or json)."},
+        400: {"description": "Malformed body or argument out of bounds."}, 413: {"description": "Body over 64 KiB."},
+        429: {"description": "Queue full: retry after Retry-After seconds."}, 503: {"description": "Shutting down."},
+        504: {"description": "The deadline passed before the image was ready."}},
+        openapi_extra={"requestBody": {"required": True, "content": {
+            "application/json": {"schema": GenerateRequest.model_json_schema()}}}})
+    async def generate(request: Request):
         start = time.perf_counter()
+        body = await _read_body(request)
+        if body is None:
+            return _error(413, f"body is over the limit of {MAX_BODY} bytes: send a smaller JSON object",
+                          {"Connection": "close"})
         try:
-            length = int(self.headers.get("Content-Length") or 0)
-        except ValueError:
-            return self._error(400, "invalid Content-Length header", "/generate")
-        if length > MAX_BODY:
-            self.close_connection = True
-            return self._error(413, f"body is {length} bytes, the limit is {MAX_BODY}", "/generate")
-        body = self.rfile.read(length)
+            args = GenerateRequest.model_validate_json(body)
+        except ValidationError as e:
+            return _error(400, request_error(e))
+        request.state.variant = args.variant
         try:
-            args, fmt = parse_request(body)
-            future = self.server.service.submit(**args)
+            future = service.submit(args.prompt, args.seed, args.steps, args.guidance, args.height, args.width,
+                                    args.deadline_s, args.variant)
         except ConfigError as e:
-            return self._error(400, str(e), "/generate")
+            return _error(400, str(e))
         except QueueFullError as e:
-            return self._error(429, str(e), "/generate", {"Retry-After": "1"})
+            return _error(429, str(e), {"Retry-After": "1"})
         except ServiceClosedError as e:
-            return self._error(503, str(e), "/generate")
+            return _error(503, str(e))
         try:
-            result = self.server.service.wait(future)  # bounded by the request's deadline
+            result = await service.wait_async(future)  # bounded by the request's deadline
         except DeadlineExceededError as e:
-            return self._error(504, str(e), "/generate")
+            return _error(504, str(e))
         except ServiceClosedError as e:  # closed without draining
-            return self._error(503, str(e), "/generate")
+            return _error(503, str(e))
         except Exception:  # a failed batch: log the details under an id, tell the client only the id
             request_id = uuid.uuid4().hex
             logger.exception("request %s: generation failed", request_id)
-            return self._json(500, {"error": f"generation failed: the server logged the details under request id "
-                                             f"{request_id}; retry, or report the id", "request_id": request_id},
-                              "/generate", {"X-Request-Id": request_id})
-        png = encode_png(result.image)
+            return JSONResponse({"error": f"generation failed: the server logged the details under request id "
+                                          f"{request_id}; retry, or report the id", "request_id": request_id},
+                                500, {"X-Request-Id": request_id})
+        png = await run_in_threadpool(encode_png, result.image)
         seconds = time.perf_counter() - start
-        headers = {"X-Seed": str(result.seed), "X-Batch-Size": str(result.batch_size),
+        metrics.latency.labels(args.variant).observe(seconds)
+        headers = {"X-Seed": str(result.seed), "X-Variant": result.variant, "X-Batch-Size": str(result.batch_size),
                    "X-Latency-Ms": f"{seconds * 1000:.1f}"}
-        if fmt == "png":
-            self._send(200, png, "image/png", headers)
-        else:
-            self._send(200, (json.dumps({"image": base64.b64encode(png).decode(), "seed": result.seed,
-                                         "batch_size": result.batch_size,
-                                         "latency_ms": round(seconds * 1000, 1)}) + "\n").encode(),
-                       "application/json", headers)
-        self.server.metrics.observe("/generate", 200, seconds)
+        if args.format == "png":
+            return Response(png, media_type="image/png", headers=headers)
+        return JSONResponse({"image": base64.b64encode(png).decode(), "seed": result.seed, "variant": result.variant,
+                             "batch_size": result.batch_size, "latency_ms": round(seconds * 1000, 1),
+                             "queue_ms": round(result.queue_seconds * 1000, 1),
+                             "run_ms": round(result.run_seconds * 1000, 1)}, headers=headers)
+
+    return app
 
 
-class EsdHTTPServer(ThreadingHTTPServer):
-    daemon_threads = False  # server_close() joins connection threads: in-flight responses get written
-    block_on_close = True
-    request_queue_size = 1024  # listen backlog: a burst of clients must not find it full (socketserver's default: 5)
+async def _read_body(request: Request) -> bytes | None:
+    """The request body, or None if it is over MAX_BODY (refused unread when its length says so)."""
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > MAX_BODY:
+        return None
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_BODY:
+            return None
+    return bytes(body)
 
-    def __init__(self, address: tuple[str, int], service: Service, model_name: str = "model"):
+
+def _version() -> str:
+    from .. import __version__
+
+    return __version__
+
+
+# ------------------------------------------------------------------------------------ running it
+
+class _Uvicorn(uvicorn.Server):
+    """uvicorn, with two changes for ``esd-sdk serve``: a drain is logged with what it waits
+    for, and after a graceful stop on SIGINT/SIGTERM it returns instead of re-raising the
+    signal (uvicorn's default, which would kill the process before the CLI reports and exits 0)."""
+
+    def __init__(self, config: uvicorn.Config, service: Service):
+        super().__init__(config)
         self.service = service
-        self.metrics = Metrics()
-        self.model_name = model_name
-        super().__init__(address, _Handler)
+
+    def handle_exit(self, sig, frame):
+        if not self.should_exit:
+            logger.warning("%s: finishing %d queued and %d running requests", signal.Signals(sig).name,
+                           self.service.queue_depth, self.service.in_flight)
+        super().handle_exit(sig, frame)
+
+    @contextlib.contextmanager
+    def capture_signals(self):
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {s: signal.signal(s, self.handle_exit) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+
+class EsdServer:
+    """The app on uvicorn, on a socket bound when this is created (so with port 0 the real port
+    is known at once, and a port in use fails here, with OSError).
+
+        >>> server = EsdServer(service, port=0)
+        >>> server.start()                          # in a thread (tests, notebooks); or run() to block
+        >>> server.url                              # http://127.0.0.1:<port>
+        >>> server.drain()                          # finish the requests in flight, close the service
+    """
+
+    def __init__(self, service: Service, host: str = "127.0.0.1", port: int = 8000, model_name: str = "model",
+                 manifest: dict | None = None):
+        self.service = service
+        self.app = create_app(service, model_name, manifest)
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.socket = socket.create_server((host, port), family=family, backlog=1024)
+        # backlog: a burst of clients must not find the listen queue full before the loop accepts them
+        config = uvicorn.Config(self.app, log_config=None, access_log=False, backlog=1024,
+                                timeout_graceful_shutdown=None)
+        self.server = _Uvicorn(config, service)
+        self._thread: threading.Thread | None = None
 
     @property
     def url(self) -> str:
-        host, port = self.server_address[:2]
-        return f"http://{host}:{port}"
+        host, port = self.socket.getsockname()[:2]
+        return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
-    def drain(self) -> None:
-        """Graceful stop: refuse new work, finish accepted requests, then close."""
-        self.shutdown()  # stop the accept loop (from another thread than serve_forever's)
-        self.service.close(drain=True)
-        self.server_close()  # joins the connection threads, which now have their results
+    def run(self) -> None:
+        """Serve until SIGINT/SIGTERM (from the main thread) or `drain`, then stop gracefully."""
+        self.server.run(sockets=[self.socket])
+
+    def start(self) -> "EsdServer":
+        """Serve from a background thread; returns once it accepts connections."""
+        self._thread = threading.Thread(target=self.run, name="esd-http", daemon=True)
+        self._thread.start()
+        while not self.server.started and self._thread.is_alive():
+            time.sleep(0.01)
+        return self
+
+    def drain(self, timeout: float | None = 60) -> None:
+        """Graceful stop: stop accepting, finish the responses in flight, close the service."""
+        self.server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout)
 
 
 def serve(service: Service, host: str = "127.0.0.1", port: int = 8000, model_name: str = "model",
-          ready=None) -> None:
-    """Run until SIGINT/SIGTERM, then drain. ``ready(server)`` is called once it listens."""
-    server = EsdHTTPServer((host, port), service, model_name)
-    stopping = threading.Event()
-
-    def stop(signum, frame):
-        if not stopping.is_set():
-            stopping.set()
-            logger.warning("%s: finishing %d queued and %d running requests", signal.Signals(signum).name,
-                           service.queue_depth, service.in_flight)
-            threading.Thread(target=server.shutdown, daemon=True).start()
-
-    previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+          ready: Callable[[EsdServer], None] | None = None, manifest: dict | None = None) -> None:
+    """Run until SIGINT/SIGTERM, then drain. ``ready(server)`` is called once it listens;
+    ``manifest``: the erase output's, for the review page."""
+    server = EsdServer(service, host, port, model_name, manifest)
     try:
         if ready:
             ready(server)
-        server.serve_forever(poll_interval=0.1)
+        server.run()
     finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-        service.close(drain=True)
-        server.server_close()
+        service.close(drain=True)  # already closed by the app's shutdown, unless startup failed

@@ -10,6 +10,13 @@ This is the object to embed in a service.
     >>> service.stats()                                           # one consistent snapshot of the counters
     >>> service.close()                                           # finishes what was accepted, then stops
 
+A service may hold several variants of the model, e.g. the base and the edited one for a review
+side by side (``esd-sdk serve --compare``): ``Service({"base": base_pipe, "edited": edited_pipe})``,
+then ``submit(..., variant="base")``. They share the worker, the queue (and so the back-pressure)
+and the deadlines; a batch holds requests for one variant only. One worker running every
+variant's batches, rather than one per variant, also keeps the variants from competing for the
+same cores, so each batch's run time is its own model's.
+
 One worker thread owns the pipeline. It takes the oldest waiting request, waits at most
 ``max_wait_ms`` for others that can share its batch (same steps and size; seeds and guidance
 may differ), and runs up to ``max_batch`` of them as one pipeline call. Under load the queue
@@ -26,8 +33,8 @@ A batch that has started runs to the end.
 
 Warm-up: the first call per shape pays for `torch.compile`, CUDA-graph capture or kernel
 autotuning. Before serving, the worker runs a one-step batch of 1 and of ``max_batch`` images
-for each ``warmup`` size (by default the model's own); `warm` says when that is done (the HTTP
-server's /healthz answers 503 until then). Requests sent meanwhile wait in the queue.
+for each ``warmup`` size (by default the model's own) and each variant; `warm` says when that is
+done (the HTTP server's /healthz answers 503 until then). Requests sent meanwhile wait in the queue.
 
 Batching does not change results beyond floating-point noise: each image's starting noise
 comes from its own seed, and every operation is per-sample.
@@ -39,8 +46,9 @@ import collections
 import logging
 import math
 import threading
+import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
@@ -52,6 +60,8 @@ from .pipeline import Text2ImagePipeline
 
 logger = logging.getLogger(__name__)
 
+DEFAULT_VARIANT = "edited"  # the name of a service's only pipeline: the served model
+
 
 @dataclass
 class Request:
@@ -61,10 +71,11 @@ class Request:
     guidance: float | None = None
     height: int | None = None
     width: int | None = None
+    variant: str = "edited"
 
     def key(self) -> tuple:
         """Requests with the same key can share a batch."""
-        return (self.steps, self.height, self.width)
+        return (self.variant, self.steps, self.height, self.width)
 
 
 @dataclass
@@ -74,6 +85,7 @@ class Result:
     batch_size: int  # how many requests shared the UNet batch
     queue_seconds: float  # from submit to the start of its batch
     run_seconds: float  # the batch's pipeline call
+    variant: str = "edited"  # the model that made it
 
 
 @dataclass(frozen=True)
@@ -82,6 +94,8 @@ class Stats:
 
     images: int  # images generated
     batches: int  # pipeline calls run for requests (the warm-up's are not counted)
+    images_by_variant: dict[str, int]  # images by variant (every variant served, 0 if none yet)
+    batches_by_variant: dict[str, int]  # batches by variant
     batch_sizes: dict[int, int]  # batches by number of requests in them (a copy)
     queue_depth: int  # requests waiting for a batch
     in_flight: int  # requests in the running batch
@@ -104,10 +118,11 @@ class _Pending(Future):
 
 
 class Service:
-    """Micro-batching, thread-safe access to a `Text2ImagePipeline`.
+    """Micro-batching, thread-safe access to a `Text2ImagePipeline`, or to several variants of a model.
 
     Args:
-        pipeline: what runs the batches.
+        pipeline: what runs the batches; or pipelines by variant name, e.g. ``{"base": ..., "edited": ...}``
+            (one pipeline alone is the variant ``"edited"``: the served model).
         max_batch: requests per UNet batch.
         max_wait_ms: how long the worker waits for companions to a request.
         max_queue: waiting requests beyond which `submit` raises `QueueFullError`.
@@ -116,18 +131,24 @@ class Service:
             each gets a one-step batch of 1 and of ``max_batch`` images before `warm` is set.
     """
 
-    def __init__(self, pipeline: Text2ImagePipeline, max_batch: int = 8, max_wait_ms: float = 5.0, max_queue: int = 64,
-                 deadline_s: float | None = None, warmup: bool | Sequence[tuple[int, int]] = True):
+    def __init__(self, pipeline: Text2ImagePipeline | Mapping[str, Text2ImagePipeline], max_batch: int = 8,
+                 max_wait_ms: float = 5.0, max_queue: int = 64, deadline_s: float | None = None,
+                 warmup: bool | Sequence[tuple[int, int]] = True):
         if max_batch < 1 or max_queue < 1 or max_wait_ms < 0:
             raise ConfigError("max_batch and max_queue must be >= 1 and max_wait_ms >= 0")
         _check_deadline(deadline_s)
+        self.pipelines = dict(pipeline) if isinstance(pipeline, Mapping) else {DEFAULT_VARIANT: pipeline}
+        if not self.pipelines:
+            raise ConfigError("no pipeline given: pass one, or a dict of them by variant name")
+        self.default_variant = DEFAULT_VARIANT if DEFAULT_VARIANT in self.pipelines else next(iter(self.pipelines))
+        self.pipeline = self.pipelines[self.default_variant]  # the served model (what /healthz describes)
         if warmup is True:
-            warmup = [(pipeline.default_size, pipeline.default_size)]
+            warmup = [(self.pipeline.default_size, self.pipeline.default_size)]
         self.warmup = [(int(h), int(w)) for h, w in (warmup or [])]
-        for h, w in self.warmup:
-            pipeline.check(["warm-up"] * max_batch, [0] * max_batch, 1, [pipeline.defaults.guidance_scale] * max_batch,
+        for pipe in self.pipelines.values():
+            for h, w in self.warmup:
+                pipe.check(["warm-up"] * max_batch, [0] * max_batch, 1, [pipe.defaults.guidance_scale] * max_batch,
                            h, w)
-        self.pipeline = pipeline
         self.max_batch = max_batch
         self.max_wait = max_wait_ms / 1000
         self.max_queue = max_queue
@@ -137,8 +158,8 @@ class Service:
         self._cond = threading.Condition()  # guards the queue and every counter below
         self._closing = False
         self._in_flight = 0
-        self._batches = 0
-        self._images = 0
+        self._batches = collections.Counter({name: 0 for name in self.pipelines})
+        self._images = collections.Counter({name: 0 for name in self.pipelines})
         self._batch_sizes: collections.Counter[int] = collections.Counter()
         self._dropped_deadline = 0
         self._warm = threading.Event()
@@ -147,15 +168,20 @@ class Service:
 
     # --- what callers use -------------------------------------------------------------
     def submit(self, prompt: str, seed: int = 0, steps: int | None = None, guidance: float | None = None,
-               height: int | None = None, width: int | None = None, deadline_s: float | None = None) -> Future:
-        """Queue one image. Raises `ConfigError` for invalid arguments (checked here, in the
-        caller's thread), `QueueFullError` or `ServiceClosedError`; the future holds a `Result`,
-        or fails with `DeadlineExceededError` if ``deadline_s`` (default: the service's) passes
-        while the request waits."""
-        pipe = self.pipeline
+               height: int | None = None, width: int | None = None, deadline_s: float | None = None,
+               variant: str | None = None) -> Future:
+        """Queue one image of ``variant`` (default: the served model). Raises `ConfigError` for
+        invalid arguments (checked here, in the caller's thread), `QueueFullError` or
+        `ServiceClosedError`; the future holds a `Result`, or fails with `DeadlineExceededError`
+        if ``deadline_s`` (default: the service's) passes while the request waits."""
+        variant = self.default_variant if variant is None else variant
+        if variant not in self.pipelines:
+            raise ConfigError(f"variant '{variant}' is not served here (this server has {', '.join(self.pipelines)}): "
+                              "`esd-sdk serve --compare` serves the base model next to the edited one")
+        pipe = self.pipelines[variant]
         request = Request(prompt, seed, pipe.defaults.num_inference_steps if steps is None else steps,
                           pipe.defaults.guidance_scale if guidance is None else guidance,
-                          height or pipe.default_size, width or pipe.default_size)
+                          height or pipe.default_size, width or pipe.default_size, variant)
         pipe.check([request.prompt], [request.seed], request.steps, [request.guidance], request.height, request.width)
         _check_deadline(deadline_s)
         item = _Pending(request, self.deadline_s if deadline_s is None else deadline_s)
@@ -173,34 +199,56 @@ class Service:
         ``timeout`` seconds, whichever comes first (neither: as long as it takes). Past that,
         `DeadlineExceededError` is raised; a request still queued is withdrawn, so it costs no
         UNet step, and one whose batch has started is left to finish unseen."""
-        limit = seconds = None  # how long to wait from now; the promise, for the message
+        limit, seconds = self._limit(future, timeout)
+        try:
+            return future.result(limit)
+        except FutureTimeout:
+            return self._give_up(future, seconds)
+
+    async def wait_async(self, future: Future, timeout: float | None = None) -> Result:
+        """`wait` for asyncio code (the HTTP server): awaits the result without holding a thread,
+        so any number of requests can wait at once."""
+        limit, seconds = self._limit(future, timeout)
+        waiting = asyncio.wrap_future(future)
+        try:  # shield: a timeout must not cancel the request itself; _give_up decides its fate
+            return await asyncio.wait_for(asyncio.shield(waiting), limit)
+        except (TimeoutError, asyncio.TimeoutError):  # the wait's timeout, or a DeadlineExceededError of the request's
+            waiting.add_done_callback(lambda f: f.cancelled() or f.exception())  # reported below, not by asyncio
+            return self._give_up(future, seconds)
+
+    def _limit(self, future: Future, timeout: float | None) -> tuple[float | None, float | None]:
+        """How long to wait for ``future`` from now, and the promise that is (for the message)."""
+        limit = seconds = None
         if future.deadline is not None:
             limit, seconds = max(0.0, future.deadline - time.perf_counter()), future.deadline_s
         if timeout is not None and (limit is None or timeout < limit):
             limit = seconds = timeout
-        try:
-            return future.result(limit)
-        except FutureTimeout:
-            if future.done():  # it failed with a TimeoutError of its own (a dropped request's), or just finished
-                return future.result()
-            if self._withdraw(future, seconds):
-                raise future.exception() from None
-            raise DeadlineExceededError(f"deadline of {seconds:g} s passed while its batch ran: allow a longer "
-                                        "deadline_s or ask for fewer steps") from None
+        return limit, seconds
+
+    def _give_up(self, future: Future, seconds: float) -> Result:
+        """The wait is over: the result if it has just come, else withdraw the request."""
+        if future.done():  # it failed with a TimeoutError of its own (a dropped request's), or just finished
+            return future.result()
+        if self._withdraw(future, seconds):
+            raise future.exception() from None
+        raise DeadlineExceededError(f"deadline of {seconds:g} s passed while its batch ran: allow a longer "
+                                    "deadline_s or ask for fewer steps") from None
 
     def generate(self, prompt: str, seed: int = 0, steps: int | None = None, guidance: float | None = None,
-                 height: int | None = None, width: int | None = None, timeout: float | None = None) -> np.ndarray:
-        """One image (H, W, 3) in [0, 1]; blocks until it is ready. ``timeout`` is the request's
-        deadline (if shorter than the service's): past it the request is dropped from the queue
-        and `DeadlineExceededError`, a `TimeoutError`, is raised."""
+                 height: int | None = None, width: int | None = None, timeout: float | None = None,
+                 variant: str | None = None) -> np.ndarray:
+        """One image (H, W, 3) in [0, 1] of ``variant`` (default: the served model); blocks until it
+        is ready. ``timeout`` is the request's deadline (if shorter than the service's): past it the
+        request is dropped from the queue and `DeadlineExceededError`, a `TimeoutError`, is raised."""
         deadline_s = min((d for d in (timeout, self.deadline_s) if d is not None), default=None)
-        return self.wait(self.submit(prompt, seed, steps, guidance, height, width, deadline_s)).image
+        return self.wait(self.submit(prompt, seed, steps, guidance, height, width, deadline_s, variant)).image
 
     def stats(self) -> Stats:
         """One consistent snapshot of the counters (what /metrics renders)."""
         with self._cond:
-            return Stats(self._images, self._batches, dict(self._batch_sizes), len(self._items), self._in_flight,
-                         self._dropped_deadline, self._warm.is_set())
+            return Stats(self._images.total(), self._batches.total(), dict(self._images), dict(self._batches),
+                         dict(self._batch_sizes), len(self._items), self._in_flight, self._dropped_deadline,
+                         self._warm.is_set())
 
     @property
     def queue_depth(self) -> int:
@@ -304,15 +352,17 @@ class Service:
             return running
 
     def _warm_up(self) -> None:
-        pipe, n = self.pipeline, self.max_batch
+        n = self.max_batch
         try:
-            for height, width in self.warmup:
-                for size in sorted({1, n}):
-                    if self._closing:
-                        return
-                    start = time.perf_counter()
-                    pipe(["warm-up"] * size, seeds=list(range(size)), steps=1, height=height, width=width)
-                    logger.info("warmed up %dx%d, batch %d, in %.2f s", height, width, size, time.perf_counter() - start)
+            for variant, pipe in self.pipelines.items():
+                for height, width in self.warmup:
+                    for size in sorted({1, n}):
+                        if self._closing:
+                            return
+                        start = time.perf_counter()
+                        pipe(["warm-up"] * size, seeds=list(range(size)), steps=1, height=height, width=width)
+                        logger.info("warmed up %s %dx%d, batch %d, in %.2f s", variant, height, width, size,
+                                    time.perf_counter() - start)
         except Exception:  # no worse than no warm-up: requests will meet the same error and report it
             logger.exception("warm-up failed; serving anyway")
         finally:
@@ -330,8 +380,9 @@ class Service:
             requests = [item.request for item in batch]
             first = requests[0]
             try:
-                images = self.pipeline([r.prompt for r in requests], seeds=[r.seed for r in requests], steps=first.steps,
-                                       guidance=[r.guidance for r in requests], height=first.height, width=first.width)
+                pipe = self.pipelines[first.variant]  # a batch holds one variant (Request.key)
+                images = pipe([r.prompt for r in requests], seeds=[r.seed for r in requests], steps=first.steps,
+                              guidance=[r.guidance for r in requests], height=first.height, width=first.width)
             except BaseException as e:  # the callers get the error; the worker keeps serving
                 logger.exception("batch of %d failed", len(batch))
                 for item in batch:
@@ -339,10 +390,11 @@ class Service:
             else:
                 run = time.perf_counter() - start
                 for item, image in zip(batch, images):
-                    item.set_result(Result(image, item.request.seed, len(batch), start - item.submitted, run))
+                    item.set_result(Result(image, item.request.seed, len(batch), start - item.submitted, run,
+                                           first.variant))
                 with self._cond:
-                    self._batches += 1
-                    self._images += len(batch)
+                    self._batches[first.variant] += 1
+                    self._images[first.variant] += len(batch)
                     self._batch_sizes[len(batch)] += 1
             finally:
                 with self._cond:

@@ -1,5 +1,6 @@
 """The HTTP server on loopback: responses, every validation error, back-pressure, metrics, drain,
-deadlines (504), warm-up (/healthz), internal errors (500 with a request id, no internals)."""
+deadlines (504), warm-up (/healthz), internal errors (500 with a request id, no internals), the
+base and edited variants of --compare, the review page's data and the OpenAPI schema."""
 
 from __future__ import annotations
 
@@ -14,9 +15,11 @@ import threading
 import numpy as np
 import pytest
 from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
 
-from esd_sdk.serving import Service, Text2ImagePipeline
-from esd_sdk.serving.server import EsdHTTPServer
+from esd_sdk.artifact import load_manifest
+from esd_sdk.serving import Service, Text2ImagePipeline, open_comparison
+from esd_sdk.serving.server import EsdServer
 
 from .conftest import GatedRuntime, tiny_pipeline
 from .test_service import RecordingRuntime
@@ -27,9 +30,8 @@ def pipe(tiny_sd):
     return tiny_pipeline(tiny_sd, steps=2)
 
 
-def start(pipe, wait_warm: bool = True, **service_kwargs) -> EsdHTTPServer:
-    server = EsdHTTPServer(("127.0.0.1", 0), Service(pipe, **service_kwargs), model_name="tiny")
-    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+def start(pipe, wait_warm: bool = True, manifest: dict | None = None, **service_kwargs) -> EsdServer:
+    server = EsdServer(Service(pipe, **service_kwargs), port=0, model_name="tiny", manifest=manifest).start()
     if wait_warm:
         assert server.service.wait_warm(60)
     return server
@@ -43,14 +45,14 @@ def server(pipe):
 
 
 def request(server, method, path, body=None, headers=None):
-    conn = http.client.HTTPConnection(*server.server_address[:2], timeout=60)
+    conn = http.client.HTTPConnection(*server.socket.getsockname()[:2], timeout=60)
     if isinstance(body, (dict, list)):
         body = json.dumps(body)
     conn.request(method, path, body=body, headers=headers or {})
     response = conn.getresponse()
     data = response.read()
     conn.close()
-    return response.status, dict(response.getheaders()), data
+    return response.status, response.headers, data  # headers: case-insensitive
 
 
 def test_generate_png_and_json_give_the_same_image(server, pipe):
@@ -75,6 +77,8 @@ def test_generate_png_and_json_give_the_same_image(server, pipe):
     ({"prompt": "a", "steps": True}, '"steps" must be an integer'),
     ({"prompt": "a", "guidance": "high"}, '"guidance" must be a number'),
     ({"prompt": "a", "format": "gif"}, '"format" must be "png" or "json"'),
+    ({"prompt": "a", "variant": "other"}, '"variant" must be "base" or "edited"'),
+    ({"prompt": "a", "variant": "base"}, "variant 'base' is not served here .this server has edited.*--compare"),
     ({"prompt": ""}, "non-empty"),
     ({"prompt": "a" * 1001}, "1001 characters, the limit is 1000"),
     ({"prompt": "a", "steps": 0}, "steps must be between 1 and 150"),
@@ -97,26 +101,47 @@ def test_wrong_path_method_and_size(server):
     assert request(server, "GET", "/nope")[0] == 404
     status, headers, _ = request(server, "GET", "/generate")
     assert status == 405 and headers["Allow"] == "POST"
-    assert request(server, "POST", "/metrics", {})[0] == 405
+    status, headers, data = request(server, "POST", "/metrics", {})
+    assert status == 405 and headers["Allow"] == "GET" and json.loads(data)["error"] == "use GET for /metrics"
     status, _, data = request(server, "POST", "/generate", "x" * (64 * 1024 + 1))
-    assert status == 413 and "limit is 65536" in json.loads(data)["error"]
+    assert status == 413 and "limit of 65536 bytes" in json.loads(data)["error"]
+    status, _, data = request(server, "POST", "/generate", '{"prompt": "a red circle"}',  # what curl -d sends
+                              {"Content-Type": "application/x-www-form-urlencoded"})
+    assert status == 200 and data.startswith(b"\x89PNG")
+
+
+def _metrics(server) -> dict[tuple, float]:
+    """Every sample of /metrics, parsed by prometheus_client: (name, sorted labels) -> value."""
+    text = request(server, "GET", "/metrics")[2].decode()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def _value(counts: dict, name: str, **labels) -> float:
+    """The sum of the samples of ``name`` whose labels include ``labels``."""
+    return sum(v for (n, ls), v in counts.items() if n == name and set(labels.items()) <= set(ls))
 
 
 def test_health_and_prometheus_metrics(server):
     status, _, data = request(server, "GET", "/healthz")
     health = json.loads(data)
     assert status == 200 and health["status"] == "ok" and health["model"] == "tiny" and health["max_batch"] == 4
+    assert health["compare"] is False and health["variants"] == ["edited"]
+    before = _metrics(server)
     request(server, "POST", "/generate", {"prompt": "a blue square"})
     request(server, "POST", "/generate", {"prompt": "a", "steps": 0})
     status, headers, data = request(server, "GET", "/metrics")
-    text = data.decode()
-    assert status == 200 and headers["Content-Type"].startswith("text/plain; version=0.0.4")
-    counts = {line.split(" ")[0]: float(line.split(" ")[1]) for line in text.splitlines() if not line.startswith("#")}
-    assert counts['esd_requests_total{endpoint="/generate",code="200"}'] >= 1
-    assert counts['esd_requests_total{endpoint="/generate",code="400"}'] >= 1
-    assert counts["esd_request_duration_seconds_count"] == counts['esd_request_duration_seconds_bucket{le="+Inf"}']
-    assert counts["esd_images_total"] >= 1 and "esd_queue_depth" in counts and "# TYPE esd_request_duration_seconds histogram" in text
-    assert counts["esd_deadline_dropped_total"] == 0 and counts["esd_warm"] == 1
+    assert status == 200 and headers["Content-Type"].startswith("text/plain; version=")
+    assert "# TYPE esd_request_duration_seconds histogram" in data.decode()
+    counts = _metrics(server)
+    for code in ("200", "400"):
+        assert _value(counts, "esd_requests_total", endpoint="/generate", code=code, variant="edited") == \
+            _value(before, "esd_requests_total", endpoint="/generate", code=code, variant="edited") + 1
+    assert _value(counts, "esd_request_duration_seconds_count", variant="edited") == \
+        _value(counts, "esd_request_duration_seconds_bucket", variant="edited", le="+Inf") >= 1
+    assert _value(counts, "esd_images_total", variant="edited") == _value(before, "esd_images_total") + 1
+    assert _value(counts, "esd_deadline_dropped_total") == 0 and _value(counts, "esd_warm") == 1
+    assert ("esd_queue_depth", ()) in counts and ("esd_in_flight", ()) in counts
 
 
 def _concurrent_posts(server, bodies):
@@ -169,11 +194,6 @@ def test_drain_finishes_in_flight_requests_then_stops(pipe):
         request(server, "GET", "/healthz")
 
 
-def _metrics(server) -> dict[str, float]:
-    text = request(server, "GET", "/metrics")[2].decode()
-    return {line.split(" ")[0]: float(line.split(" ")[1]) for line in text.splitlines() if not line.startswith("#")}
-
-
 def test_a_deadline_that_passes_in_the_queue_answers_504_and_costs_no_unet_step(pipe):
     runtime = RecordingRuntime(pipe.runtime)
     server = start(Text2ImagePipeline(pipe.base, runtime, pipe.defaults), max_batch=4, max_wait_ms=0, deadline_s=0.3,
@@ -188,7 +208,8 @@ def test_a_deadline_that_passes_in_the_queue_answers_504_and_costs_no_unet_step(
     assert first_result[0][0] == 200
     assert len(runtime.shapes) == pipe.defaults.num_inference_steps  # the first request's steps, none more
     counts = _metrics(server)
-    assert counts["esd_deadline_dropped_total"] == 1 and counts['esd_requests_total{endpoint="/generate",code="504"}'] == 1
+    assert _value(counts, "esd_deadline_dropped_total") == 1
+    assert _value(counts, "esd_requests_total", endpoint="/generate", code="504") == 1
     server.drain()
 
 
@@ -198,7 +219,7 @@ def test_a_cold_start_answers_warming_until_the_warm_up_ran(pipe):
     assert runtime.entered.wait(30)  # the warm-up is running
     status, _, body = request(server, "GET", "/healthz")
     assert status == 503 and json.loads(body)["status"] == "warming"
-    assert _metrics(server)["esd_warm"] == 0
+    assert _value(_metrics(server), "esd_warm") == 0
     runtime.gate.set()
     assert server.service.wait_warm(60)
     status, _, body = request(server, "GET", "/healthz")
@@ -207,7 +228,7 @@ def test_a_cold_start_answers_warming_until_the_warm_up_ran(pipe):
     # one guided step (two UNet samples per image) for a batch of 1 and of max_batch at the model's size
     assert runtime.shapes == [(2, c, size // f, size // f), (4, c, size // f, size // f)]
     assert request(server, "POST", "/generate", {"prompt": "a red circle"})[0] == 200
-    assert _metrics(server)["esd_images_total"] == 1  # the warm-up is not counted
+    assert _value(_metrics(server), "esd_images_total") == 1  # the warm-up is not counted
     server.drain()
 
 
@@ -230,3 +251,51 @@ def test_a_failed_batch_answers_500_with_a_request_id_and_no_internals(pipe, cap
     assert len(logged) == 1 and "secret internals" in str(logged[0].exc_info[1])
     assert request(server, "GET", "/healthz")[0] == 200  # the server goes on
     server.drain()
+
+
+def test_compare_serves_base_and_edited_from_the_same_seeds(edited):
+    pipes = open_comparison(edited)
+    for p in pipes.values():
+        p.defaults.num_inference_steps = 2
+    server = start(pipes, manifest=load_manifest(edited), max_batch=2, max_wait_ms=200)
+    health = json.loads(request(server, "GET", "/healthz")[2])
+    assert health["compare"] is True and health["variants"] == ["base", "edited"]
+    images = {}
+    for variant in ("base", "edited"):
+        status, headers, body = request(server, "POST", "/generate",
+                                        {"prompt": "a red circle", "seed": 3, "variant": variant, "format": "json"})
+        data = json.loads(body)
+        assert status == 200 and headers["X-Variant"] == data["variant"] == variant and data["run_ms"] > 0
+        images[variant] = np.asarray(Image.open(io.BytesIO(base64.b64decode(data["image"])))) / 255
+        expected = pipes[variant]("a red circle", seeds=[3])[0]
+        assert np.abs(images[variant] - expected).max() <= 1 / 255 + 1e-6  # each variant is its own model
+    assert np.abs(images["base"] - images["edited"]).mean() > 0.01
+    status, _, body = request(server, "POST", "/generate", {"prompt": "", "variant": "base"})
+    assert status == 400 and "non-empty" in json.loads(body)["error"]  # validation applies to both
+    counts = _metrics(server)
+    for variant in ("base", "edited"):
+        assert _value(counts, "esd_images_total", variant=variant) == 1
+        assert _value(counts, "esd_request_duration_seconds_count", variant=variant) == 1
+    assert _value(counts, "esd_requests_total", endpoint="/generate", code="400", variant="base") == 1
+    summary = json.loads(request(server, "GET", "/summary")[2])
+    assert summary["compare"] is True and summary["variants"] == ["base", "edited"]
+    assert summary["erase"]["concepts"] == ["circle"] and summary["erase"]["method"] == "x"
+    assert summary["erase"]["eta"] == load_manifest(edited)["config"]["negative_guidance"]
+    assert summary["defaults"]["size"] == 32
+    assert summary["presets"] == [{"label": "erased", "prompt": "circle"}]  # no prompt set names it: the concept
+    server.drain()
+
+
+def test_review_page_and_openapi_docs(server):
+    status, headers, page = request(server, "GET", "/")
+    assert status == 200 and headers["Content-Type"].startswith("text/html")
+    assert b'id="prompt"' in page and b"/generate" in page and b"<script" in page
+    status, _, body = request(server, "GET", "/openapi.json")
+    schema = json.loads(body)
+    assert status == 200 and {"/generate", "/healthz", "/metrics", "/summary", "/"} <= set(schema["paths"])
+    request_schema = schema["paths"]["/generate"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert request_schema["required"] == ["prompt"] and request_schema["additionalProperties"] is False
+    assert set(request_schema["properties"]) == {"prompt", "seed", "steps", "guidance", "height", "width",
+                                                 "deadline_s", "variant", "format"}
+    status, headers, body = request(server, "GET", "/docs")
+    assert status == 200 and b"openapi.json" in body

@@ -3,6 +3,7 @@ a warm-up before it is ready, a consistent stats snapshot, and it drains on clos
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 
 from esd_sdk import ConfigError, DeadlineExceededError
-from esd_sdk.serving import QueueFullError, Service, ServiceClosedError, Text2ImagePipeline
+from esd_sdk.serving import QueueFullError, Service, ServiceClosedError, Text2ImagePipeline, open_comparison
 from esd_sdk.serving.service import Stats
 
 from .conftest import GatedRuntime, tiny_pipeline
@@ -223,3 +224,53 @@ def test_stats_is_a_frozen_snapshot_and_the_counters_are_private(pipe):
 def test_invalid_service_settings_are_refused(pipe, kwargs, message):
     with pytest.raises(ConfigError, match=message):
         Service(pipe, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def pipes(edited):
+    """The base and the edited tiny model, as `esd-sdk serve --compare` serves them."""
+    pipes = open_comparison(edited)
+    for p in pipes.values():
+        p.defaults.num_inference_steps = 2
+    return pipes
+
+
+def test_variants_run_their_own_model_and_never_share_a_batch(pipes):
+    expected = {v: p(["a red circle"] * 2, seeds=[0, 1]) for v, p in pipes.items()}
+    assert np.abs(expected["base"] - expected["edited"]).max() > 1e-2  # the erase changed the images
+    assert pipes["base"].vae is pipes["edited"].vae  # the shared components are held once
+    with Service(pipes, max_batch=4, max_wait_ms=300, warmup=False) as service:
+        futures = [(v, s, service.submit("a red circle", seed=s, variant=v)) for s in (0, 1) for v in pipes]
+        results = [(v, s, f.result(60)) for v, s, f in futures]
+        with pytest.raises(ConfigError, match="variant 'other' is not served here .this server has base, edited."):
+            service.submit("a red circle", variant="other")
+    for variant, seed, result in results:
+        assert result.variant == variant and result.batch_size == 2  # seeds batched, variants kept apart
+        np.testing.assert_allclose(result.image, expected[variant][seed], atol=1e-5)
+    stats = service.stats()
+    assert stats.images_by_variant == {"base": 2, "edited": 2} and stats.batches_by_variant == {"base": 1, "edited": 1}
+
+
+def test_a_single_model_service_refuses_the_base_variant(pipe):
+    with Service(pipe, warmup=False) as service:
+        with pytest.raises(ConfigError, match="variant 'base' is not served here .this server has edited.*--compare"):
+            service.submit("a red circle", variant="base")
+        assert service.stats().images_by_variant == {"edited": 0}
+
+
+def test_wait_async_keeps_the_deadline_and_withdraws_the_queued_request(pipe):
+    runtime = RecordingRuntime(pipe.runtime)
+    service = Service(Text2ImagePipeline(pipe.base, runtime, pipe.defaults), max_batch=1, max_wait_ms=0, warmup=False)
+
+    async def main():
+        running = service.submit("a red circle", seed=0)
+        late = service.submit("a blue square", seed=1, deadline_s=0.2)
+        with pytest.raises(DeadlineExceededError, match="deadline of 0.2 s passed while queued"):
+            await service.wait_async(late)
+        assert service.queue_depth == 0 and service.stats().dropped_deadline == 1
+        runtime.gate.set()
+        return await service.wait_async(running)
+
+    assert asyncio.run(main()).seed == 0
+    service.close()
+    assert len(runtime.shapes) == pipe.defaults.num_inference_steps  # the dropped request cost no UNet step
