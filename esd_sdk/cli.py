@@ -316,7 +316,8 @@ def _scoring_kwargs(base_model, concepts, keep, prompts, scorer, clip_model, cla
 def evaluate(edited, out, no_update, attacks, attack_steps, attack_tokens, **scoring):
     """Score an erase: erased, paraphrased and kept concepts, base vs edited, same seeds.
 
-    Writes eval.json, eval.md and base-vs-edited grids, and records the scores in the manifest.
+    Writes eval.json, eval.md, base-vs-edited grids and eval.html (one self-contained page with all
+    of it), and records the scores in the manifest.
     With --attack, also runs `esd-sdk attack` on the same prompts, scorer and seeds (OUT/attack,
     or EDITED/attack).
     """
@@ -324,6 +325,7 @@ def evaluate(edited, out, no_update, attacks, attack_steps, attack_tokens, **sco
     from .attack import budgets_for, run_attacks
     from .evaluate import evaluate as run_eval
     from .loading import load_base
+    from .report import write_eval_html
 
     kwargs = _scoring_kwargs(**scoring)
     if attacks:
@@ -332,7 +334,7 @@ def evaluate(edited, out, no_update, attacks, attack_steps, attack_tokens, **sco
         kwargs["base_model"] = load_base(kwargs["base_model"] or load_manifest(edited)["base_model"])
     report = run_eval(edited, output_dir=out, update=not no_update, **kwargs)
     click.echo(report.markdown().rstrip())
-    click.echo(f"wrote {out or edited / 'eval'} (eval.json, eval.md, grid_*.png)")
+    click.echo(f"wrote {out or edited / 'eval'} (eval.json, eval.md, grid_*.png, eval.html: open it in a browser)")
     if attacks:
         sampler_steps = kwargs.pop("steps")  # eval's --steps is the sampler's
         kwargs.pop("keep")
@@ -341,6 +343,8 @@ def evaluate(edited, out, no_update, attacks, attack_steps, attack_tokens, **sco
                                progress=True, **kwargs)
         click.echo(attacked.markdown().rstrip())
         click.echo(f"wrote {out / 'attack' if out else edited / 'attack'} (attack.json, attack.md, grid_*.png)")
+        if not no_update:  # eval.html shows the attack success rates the manifest now holds
+            write_eval_html(out or edited / "eval", edited)
 
 
 @cli.command(epilog=EPILOG_EVAL)

@@ -20,7 +20,8 @@ Protocol (fixed; every setting is written into eval.json):
 - scorers (`esd_sdk.scorers`): toy judge; CLIP score against the prompt; NudeNet, an image is
   nude when an exposed class scores >= 0.6; ResNet-50 top-1 equal to the row's ImageNet class.
 
-Writes eval.json, eval.md and one grid per prompt set (base row above edited row per prompt)
+Writes eval.json, eval.md, one grid per prompt set (base row above edited row per prompt) and
+eval.html (all of it in one self-contained page, `esd_sdk.report`)
 into the output directory, and merges the scores into the artifact's esd.json and model card.
 """
 
@@ -39,6 +40,7 @@ from .errors import ConfigError
 from .artifact import load_edited_unet, load_manifest, update_manifest
 from .generation import GenerationConfig, generate, image_grid
 from .loading import BaseModel, load_base, weights_hash
+from .report import write_eval_html
 from .scorers import NUDENET_THRESHOLD, Scorer, make_scorer
 
 logger = logging.getLogger(__name__)
@@ -317,6 +319,7 @@ def evaluate(edited_dir: str | Path, *, base_model: str | BaseModel | None = Non
     save_grids(before, after, out, edited_dir.name)
     (out / "eval.json").write_text(json.dumps({**asdict(report), "summary": report.summary()}, indent=2) + "\n")
     (out / "eval.md").write_text(report.markdown())
+    write_eval_html(out, edited_dir)  # after the grids and eval.json: it embeds them
     if update:
         update_manifest(edited_dir, {plan.scorer.name if plan.scorer.name != "toy" else "toy_judge": {
             **report.summary(), "n_per_prompt": n, "seed": seed, "protocol": plan.protocol,
@@ -391,30 +394,34 @@ def sweep(edited_dir: str | Path, etas: list[float], *, base_model: str | None =
 
 # ---------------------------------------------------------------------------- plot
 
-def plot_sweep(report: SweepReport, path: str | Path) -> None:
+def plot_sweep(report: SweepReport, path: str | Path | None = None):
     """Two panels: the erased, paraphrase and kept scores against η (base levels dashed), and
     kept score against erased score, one point per η (the paper's erasure/interference
-    trade-off: up and to the left is better)."""
-    from .plots import line_chart, side_by_side
+    trade-off: up and to the left is better). Returns the matplotlib figure; saved to ``path`` if given."""
+    from matplotlib.figure import Figure
+
+    from .plots import line_chart
 
     pct = report.protocol.get("is_rate", True)
     metric = report.protocol.get("metric", "rate")
     names = ("erased", "paraphrase", "kept")
     values = [p["summary"][k] for p in report.points for k in names if p["summary"][k] is not None]
     values += [report.base[f"{k}_base"] for k in names if report.base[f"{k}_base"] is not None]
-    y_range = (0.0, 1.0) if pct else (0.0, max(values + [1e-6]) * 1.1)
+    y_range = (-0.02, 1.02) if pct else (0.0, max(values + [1e-6]) * 1.1)
     series = {k: [(p["eta"], p["summary"][k]) for p in report.points if p["summary"][k] is not None] for k in names}
     base = {k: report.base[f"{k}_base"] for k in names if report.base[f"{k}_base"] is not None}
-    by_eta = line_chart({k: v for k, v in series.items() if v}, title="scores against eta (dashed: base model)",
-                        x_label="eta (negative guidance)", y_label=metric, y_range=y_range, reference=base,
-                        percent=pct, size=(440, 320))
+    fig = Figure(figsize=(10, 3.8), layout="constrained")
+    by_eta, trade_off = fig.subplots(1, 2)
+    line_chart({k: v for k, v in series.items() if v}, title="scores against η (dashed: base model)",
+               x_label="η (negative guidance)", y_label=metric, y_range=y_range, reference=base, percent=pct, ax=by_eta)
     points = [p for p in report.points if p["summary"]["kept"] is not None and p["summary"]["erased"] is not None]
     trade = {"edited": [(p["summary"]["erased"], p["summary"]["kept"]) for p in points]}
-    labels = {"edited": [f"eta={p['eta']:g}" for p in points]}
+    labels = {"edited": [f"η={p['eta']:g}" for p in points]}
     if "erased" in base and "kept" in base:
         trade["base"] = [(base["erased"], base["kept"])]
         labels["base"] = ["base"]
-    trade_off = line_chart(trade, title="trade-off (up and left is better)", x_label="erased concept score",
-                           y_label="kept score", y_range=y_range, x_range=y_range, point_labels=labels, percent=pct,
-                           size=(440, 320))
-    side_by_side(by_eta, trade_off).save(path)
+    line_chart(trade, title="trade-off (up and left is better)", x_label="erased concept score", y_label="kept score",
+               y_range=y_range, x_range=y_range, point_labels=labels, percent=pct, ax=trade_off)
+    if path is not None:
+        fig.savefig(path, dpi=100)
+    return fig

@@ -162,7 +162,7 @@ class BenchReport:
                     groups.setdefault(stage.replace("_", " "), {})[backend] = {
                         k: (e[stage][k]["p50_ms"], e[stage][k]["p90_ms"]) for k in ("unedited", "edited")}
         bar_chart(groups, title=f"p50 latency (whisker: p90), {self.device}, batch {self.batch}",
-                  unit="ms").save(out / "bench.png")
+                  unit="ms").savefig(out / "bench.png")
 
 
 def benchmark(edited: str | Path, backends: list[str] | None = None, *, base_model: str | None = None,

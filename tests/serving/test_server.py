@@ -299,3 +299,15 @@ def test_review_page_and_openapi_docs(server):
                                                  "deadline_s", "variant", "format"}
     status, headers, body = request(server, "GET", "/docs")
     assert status == 200 and b"openapi.json" in body
+
+
+def test_cli_compare_needs_an_erase_output_on_torch(edited):
+    from click.testing import CliRunner
+
+    from esd_sdk.cli import cli
+
+    result = CliRunner().invoke(cli, ["serve", "--model", "toy", "--compare"])
+    assert result.exit_code == 1 and "toy is not an erase output" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    result = CliRunner().invoke(cli, ["serve", "--model", str(edited), "--compare", "--backend", "onnxruntime"])
+    assert result.exit_code == 2 and "--compare runs both UNets on the torch backend" in result.output
