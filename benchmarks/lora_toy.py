@@ -3,6 +3,7 @@ at several ranks, against the full delta (the erase output's own UNet).
 
     python benchmarks/lora_toy.py                      # ESD-x "striped" and ESD-u "circle", 4 images per prompt
     python benchmarks/lora_toy.py -n 8 --rank 2 --rank 32
+    python benchmarks/lora_toy.py --erased runs/plain-circle --erased runs/plain-striped   # score existing erases
 
 Each erase uses the toy defaults of `EraseConfig` (seed 0). Each LoRA is written by
 `esd-sdk export --format lora` and loaded by its real consumer, diffusers'
@@ -56,18 +57,23 @@ def main() -> None:
     p.add_argument("-n", type=int, default=4, help="images per prompt")
     p.add_argument("--rank", type=int, action="append", help=f"fixed ranks [{RANKS}]")
     p.add_argument("--energy", type=float, action="append", help=f"energy-chosen ranks [{ENERGIES}]")
+    p.add_argument("--erased", type=Path, action="append",
+                   help="existing erase outputs to score instead of erasing ESD-x striped and ESD-u circle")
     p.add_argument("--work", type=Path, default=Path("runs/lora_toy"), help="erase outputs and LoRAs")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/lora_toy"))
     args = p.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     results = []
-    for concept, method in ERASES:
-        name = f"esd-{method}-{concept}"
-        artifact = args.work / name
-        t0 = time.perf_counter()
-        erase("toy", concepts=[concept], method=method, out=artifact, overwrite=True, progress=False)
+    for artifact in args.erased or [args.work / f"esd-{method}-{concept}" for concept, method in ERASES]:
+        if not args.erased:
+            t0 = time.perf_counter()
+            concept, method = artifact.name.split("-")[2], artifact.name.split("-")[1]
+            erase("toy", concepts=[concept], method=method, out=artifact, overwrite=True, progress=False)
+            print(f"{artifact.name}: erased in {time.perf_counter() - t0:.0f}s", flush=True)
         manifest = load_manifest(artifact)
-        print(f"{name}: erased in {time.perf_counter() - t0:.0f}s; {manifest['trained']['summary']}", flush=True)
+        name = f"esd-{manifest['method']}-{'+'.join(manifest['concepts'])}"
+        if manifest["config"].get("preserve"):
+            name += f" (--preserve {' '.join(manifest['config']['preserve'])})"
         plan = scoring_plan(manifest, None, None, None, None, None, 0, {})
         config = sampler_config(plan.base, None, None)
         before = measure(plan.base, plan.sets, plan.scorer, args.n, config)
@@ -78,7 +84,7 @@ def main() -> None:
         variants = [(f"rank {r}", {"rank": r}) for r in args.rank or RANKS]
         variants += [(f"energy {e:g}", {"rank_energy": e}) for e in args.energy or ENERGIES]
         for label, kwargs in variants:
-            lora = export(artifact, format="lora", out=args.work / f"{name}-lora-{label.replace(' ', '')}",
+            lora = export(artifact, format="lora", out=args.work / f"{artifact.name}-lora-{label.replace(' ', '')}",
                           overwrite=True, **kwargs).written
             after = measure(plan.base, plan.sets, plan.scorer, args.n, config, unet=lora_unet(plan.base, lora.directory))
             ranks = sorted(lora.ranks.values())
