@@ -250,6 +250,16 @@ def run_child(args, kind: str, **extra) -> dict:
     return json.loads(out.read_text())
 
 
+def wait_for(path: Path, timeout_s: float = 3 * 3600) -> dict:
+    """The report of a run started elsewhere (same settings), once it has finished."""
+    t0 = time.monotonic()
+    while not path.is_file():
+        if time.monotonic() - t0 > timeout_s:
+            raise RuntimeError(f"no authors' result at {path} after {timeout_s:.0f} s")
+        time.sleep(10)
+    return json.loads(path.read_text())
+
+
 CHILD_ARGS = {"model_dir", "peer", "work", "concept", "method", "iterations", "authors_lr", "ddim_steps", "guidance",
               "eta", "resolution", "seed", "checkpoint_every", "judge", "steps", "lr", "settings", "name"}
 
@@ -355,15 +365,19 @@ def run(args) -> dict:
     for r in range(args.repeats):
         seed = args.seed + r
         rep = {"seed": seed, "authors": None, "esd_sdk": {}}
-        order = ["authors", *configs] if r % 2 == 0 else [*configs, "authors"]
+        order = ["authors", *configs] if r % 2 == 0 and not args.reuse else [*configs, "authors"]
         for who in order:
-            if who == "authors":
-                rep["authors"] = run_child(args, "authors", seed=seed)
-                got = rep["authors"]
+            if who in args.reuse:
+                got = wait_for(args.reuse[who])
+            elif who == "authors":
+                got = run_child(args, "authors", seed=seed)
             else:
-                rep["esd_sdk"][who] = got = run_child(args, "esd", seed=seed, name=f"{who}-{r}",
-                                                      settings=json.dumps(configs[who]),
-                                                      steps=args.steps.get(who, args.iterations), lr=args.lr)
+                got = run_child(args, "esd", seed=seed, name=f"{who}-{r}", settings=json.dumps(configs[who]),
+                                steps=args.steps.get(who, args.iterations), lr=args.lr)
+            if who == "authors":
+                rep["authors"] = got
+            else:
+                rep["esd_sdk"][who] = got
             print(f"rep {r} {who}: {got['seconds']:.1f}s, loss {summarise(got)['loss_last10']:.4g} "
                   f"(last 10 steps)", flush=True)
         reps.append(rep)
@@ -375,6 +389,7 @@ def run(args) -> dict:
               "esd_sdk_common": {"lr": args.lr, "sampler": "frozen", "precision": "bf16 autocast, fp32 masters",
                                  "eta": args.eta, "sample_guidance": args.guidance},
               "configs": {name: {**configs[name], "steps": args.steps.get(name, args.iterations)} for name in configs},
+              "reused": {who: str(path) for who, path in args.reuse.items()},
               "threads_per_side": 1, "torch": __import__("torch").__version__, "runs": []}
     judge = Judge(args.concept, args.n) if args.judge else None
     if judge:
@@ -431,7 +446,9 @@ def markdown(report: dict) -> str:
     a = report["authors_settings"]
     lines = [f"{report['model']} model, ESD-{report['method']} \"{report['concept']}\", {report['repeats']} interleaved "
              f"repetition(s), 1 torch thread per side. Authors: {a['iterations']} iterations, lr {a['lr']}, "
-             f"{a['num_inference_steps']} DDIM steps, bf16 weights.", ""]
+             f"{a['num_inference_steps']} DDIM steps, bf16 weights."
+             + (f" Runs reused from an earlier invocation (--reuse): {', '.join(report['reused'])}." if report.get("reused") else ""),
+             ""]
     judged = "judge" in report
     head = "| esd-sdk configuration | steps | s/step esd-sdk / authors | per-step speed-up |"
     if judged:
@@ -506,6 +523,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--target-erased", type=float, default=None, help="erased rate to reach [the authors' at the end]")
     p.add_argument("--kept-tolerance", type=float, default=0.05, help="kept rate may fall this far below the authors' [0.05]")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "vs_authors")
+    p.add_argument("--reuse", action="append", default=[], metavar="WHO=FILE",
+                   help="judge and report a run made earlier with the same settings instead of running it again "
+                        "(WHO: authors or a configuration; FILE: that child's result, waited for until it appears); "
+                        "one repetition")
     p.add_argument("--keep-work", type=Path, default=None, help="keep the runs' files here [a temporary directory]")
     # child processes
     p.add_argument("--child", choices=["authors", "esd"], help=argparse.SUPPRESS)
@@ -532,6 +553,15 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
             parser().error(f"--steps takes CONFIG=N with CONFIG one of {', '.join(CONFIGS)}, got '{item}'")
         steps[name] = int(n)
     args.steps = steps
+    reuse = {}
+    for item in args.reuse:
+        who, _, path = item.partition("=")
+        if who not in ("authors", *CONFIGS) or not path:
+            parser().error(f"--reuse takes WHO=FILE with WHO authors or one of {', '.join(CONFIGS)}, got '{item}'")
+        reuse[who] = Path(path)
+    args.reuse = reuse
+    if reuse and args.repeats != 1:
+        parser().error("--reuse stands for the runs of one repetition: use --repeats 1")
     args.lr = args.lr or args.authors_lr
     args.judge = args.model == "toy"
     if args.checkpoint_every is None:
