@@ -19,10 +19,12 @@ in its entry and the next section runs; a section that cannot run here says why,
   (`benchmarks/serving_latency.py`).
 - ``serving_compile``: the same under torch.compile fp16, in its own process (compiling takes a
   minute or more; a timeout there keeps the eager figures). Skipped in the dry run.
-- ``onnx_export``: an fp16 ONNX export (with its parity gate) of a random pipeline, only when a
-  section below can use it.
-- ``ort_cuda``: that export under ONNX Runtime's CUDA execution provider (IO binding) against
-  torch fp16 on the same UNet, interleaved; skipped without CUDAExecutionProvider.
+- ``onnx_export``: two fp16 ONNX exports (each with its parity gate) of a random pipeline, only
+  when a section below can use them: the plain graph (TensorRT) and the one fused by ONNX
+  Runtime's transformer optimizer for CUDA (attention, GroupNorm, BiasAdd, NHWC convolutions).
+- ``ort_cuda``: the optimized export under ONNX Runtime's CUDA execution provider (IO binding)
+  against the plain graph and torch fp16 on the same UNet, interleaved; skipped without
+  CUDAExecutionProvider.
 - ``tensorrt``: a refittable fp16 engine built from that export, its latency against torch fp16,
   then refitted from an ESD delta (a few erase steps): refit seconds, and the refitted engine's
   output against the edited torch UNet; skipped without the tensorrt package.
@@ -96,11 +98,11 @@ PLANS = {
         "tensorrt": {"cap_s": 300, "runs": 30, "warmup": 3, "precision": "fp16", "torch_precision": "fp16"},
     },
     "dry": {
-        "budget_s": 300,
+        "budget_s": 420,
         "erase": {"cap_s": 120, "size": "tiny", "steps": 2, "mem_steps": 1, "ddim_steps": 4, "resolution": None},
         "serving": {"cap_s": 90, "size": "tiny", "runs": 3, "warmup": 1},
         "serving_compile": {"cap_s": 90, "size": "tiny", "runs": 3, "warmup": 1},
-        "onnx_export": {"cap_s": 90, "precision": "fp32"},
+        "onnx_export": {"cap_s": 180, "precision": "fp32"},  # two exports, one optimized
         "ort_cuda": {"cap_s": 90, "runs": 3, "warmup": 1, "provider": "cpu", "torch_precision": "fp32"},
         "tensorrt": {"cap_s": 90, "runs": 3, "warmup": 1, "precision": "fp32", "torch_precision": "fp32"},
     },
@@ -221,10 +223,16 @@ def section_onnx_export(plan: dict, work: Path, dry: bool, opts) -> dict:
 
     size = "tiny" if dry else opts.export_size
     model_dir, build_s = _model(work, size)
-    result = export_onnx(model_dir, work / "onnx", precision=plan["precision"])
-    return {"model": SIZE_NAMES[size], "size": size, "model_dir": str(model_dir), "export_dir": str(work / "onnx"),
+    # ONNX Runtime's optimized graph (for the machine it runs on: CUDA fusions and a CUDA parity
+    # check where there is a GPU) and, for TensorRT (it parses standard ONNX only), the plain one.
+    optimized = export_onnx(model_dir, work / "onnx-optimized", precision=plan["precision"])
+    result = (export_onnx(model_dir, work / "onnx", precision=plan["precision"], optimize=False) if _has("tensorrt")
+              else optimized)
+    return {"model": SIZE_NAMES[size], "size": size, "model_dir": str(model_dir), "export_dir": str(result.directory),
+            "optimized_dir": str(work / "onnx-optimized"), "optimization": optimized.optimization,
             "precision": plan["precision"], "model_build_s": build_s, "export_s": result.seconds,
-            "parity_max_abs_diff": result.parity.max_abs_diff, "parity_tolerance": result.parity.tolerance,
+            "optimized_export_s": optimized.seconds, "parity_max_abs_diff": result.parity.max_abs_diff,
+            "optimized_parity_max_abs_diff": optimized.parity.max_abs_diff, "parity_tolerance": result.parity.tolerance,
             "external_data": result.external_data, "peak_rss_gib": _peak_rss_gib()}
 
 
@@ -255,16 +263,22 @@ def section_ort_cuda(plan: dict, work: Path, dry: bool, opts) -> dict:
     device = torch.device("cpu" if dry else "cuda")
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     t0 = time.perf_counter()
-    ort_rt = load_runtime(export["export_dir"], backend="onnxruntime", provider=plan["provider"])
+    ort_rt = load_runtime(export["optimized_dir"], backend="onnxruntime", provider=plan["provider"])
     session_s = time.perf_counter() - t0
     torch_rt = _torch_runtime(_load_unet(export["model_dir"]), device, plan["torch_precision"])
     sample, timestep, cond = _unet_inputs(torch_rt.config, device)
     out_ort, out_torch = ort_rt(sample, timestep, cond), torch_rt(sample, timestep, cond)
-    times = _interleaved({"onnxruntime": lambda: ort_rt(sample, timestep, cond),
-                          "torch": lambda: torch_rt(sample, timestep, cond)}, plan["runs"], plan["warmup"], sync)
+    calls = {"onnxruntime": lambda: ort_rt(sample, timestep, cond), "torch": lambda: torch_rt(sample, timestep, cond)}
+    if export["export_dir"] != export["optimized_dir"]:  # the plain graph was exported too (for TensorRT)
+        plain_rt = load_runtime(export["export_dir"], backend="onnxruntime", provider=plan["provider"])
+        calls["onnxruntime plain graph"] = lambda: plain_rt(sample, timestep, cond)
+    times = _interleaved(calls, plan["runs"], plan["warmup"], sync)
     return {"model": export["model"], "export_precision": export["precision"], "provider": ort_rt.describe(),
+            "optimization": export["optimization"],
             "torch": torch_rt.describe(), "session_create_s": session_s, "latency": times,
             "ort_over_torch": times["onnxruntime"]["p50_ms"] / times["torch"]["p50_ms"],
+            "ort_plain_over_torch": (times["onnxruntime plain graph"]["p50_ms"] / times["torch"]["p50_ms"]
+                                     if "onnxruntime plain graph" in times else None),
             "max_abs_diff_vs_torch": _max_abs_diff(out_ort, out_torch), "batch": sample.shape[0],
             "dry_run_stand_in": "CPUExecutionProvider (no CUDA here)" if dry else None}
 
@@ -495,6 +509,7 @@ def summary(sections: dict) -> dict:
         "serving_compile_speedup_over_eager_fp16": None,
         "ort_provider": get("ort_cuda", "provider"),
         "ort_cuda_over_torch": get("ort_cuda", "ort_over_torch"),
+        "ort_cuda_plain_graph_over_torch": get("ort_cuda", "ort_plain_over_torch"),
         "ort_cuda_p50_ms": get("ort_cuda", "latency", "onnxruntime", "p50_ms"),
         "tensorrt_build_s": get("tensorrt", "build_s"),
         "tensorrt_refit_s": get("tensorrt", "refit_s"),

@@ -461,9 +461,13 @@ Examples:
 @click.option("--rank", type=click.IntRange(min=1), help="LoRA: the rank of every tensor [by --rank-energy].")
 @click.option("--rank-energy", type=click.FloatRange(0, 1, min_open=True),
               help="LoRA: per tensor, the smallest rank keeping this share of the delta's energy [0.99].")
+@click.option("--optimize/--no-optimize", default=None,
+              help="ONNX: fuse attention, LayerNorm, GELU (and GroupNorm etc. on CUDA) with ONNX Runtime's optimizer "
+                   "[default: on, the plain graph if the fused one fails parity]; --no-optimize for other runtimes "
+                   "or refitting every weight.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output.")
 @_errors_to_exit
-def export(source, fmt, out, precision, opset, dynamic, max_batch_size, rank, rank_energy, overwrite):
+def export(source, fmt, out, precision, opset, dynamic, max_batch_size, rank, rank_energy, optimize, overwrite):
     """Export an edited UNet (an erase output, a UNet or a pipeline directory) to ONNX,
     a TensorRT engine or a Triton model repository; or an erase output as a whole pipeline
     (diffusers or ONNX Runtime), a LoRA or a single-file checkpoint.
@@ -477,7 +481,8 @@ def export(source, fmt, out, precision, opset, dynamic, max_batch_size, rank, ra
         source = _latest_erase_output()
         click.echo(f"exporting {source} (newest erase output here)")
     result = run_export(source, fmt, out, precision=precision, opset=opset, dynamic=dynamic,
-                        max_batch_size=max_batch_size, rank=rank, rank_energy=rank_energy, overwrite=overwrite)
+                        max_batch_size=max_batch_size, rank=rank, rank_energy=rank_energy, overwrite=overwrite,
+                        optimize=optimize)
     click.echo(result.describe())
 
 

@@ -65,7 +65,7 @@ def default_output(source: str | Path, format: str) -> Path:
 
 def export(source: str | Path, format: str = "onnx", out: str | Path | None = None, *, precision: str | None = None,
            opset: int = 17, dynamic: bool = False, max_batch_size: int = 8, rank: int | None = None,
-           rank_energy: float | None = None, overwrite: bool = False) -> Exported:
+           rank_energy: float | None = None, overwrite: bool = False, optimize: bool | None = None) -> Exported:
     """Export the UNet of ``source`` (an erase output, a UNet or a pipeline directory).
 
     Args:
@@ -78,6 +78,9 @@ def export(source: str | Path, format: str = "onnx", out: str | Path | None = No
         rank, rank_energy: LoRA: a fixed rank, or the smallest rank per tensor keeping this share of
             its delta's energy (squared singular values) [energy 0.99].
         overwrite: replace an existing output (only once the new one is complete).
+        optimize: ONNX: fuse the graph with ONNX Runtime's optimizer (see `export_onnx`) [on,
+            falling back to the plain graph if it fails parity]; TensorRT always builds from
+            the plain graph.
     """
     if format not in FORMATS:
         raise ConfigError(f"export format must be one of {', '.join(FORMATS)}, got '{format}'")
@@ -107,7 +110,7 @@ def export(source: str | Path, format: str = "onnx", out: str | Path | None = No
 
         _require_tensorrt()  # fail in one line before the ONNX export on machines without a GPU
         with atomic_dir(out, overwrite=overwrite) as tmp:
-            onnx = export_onnx(source, tmp / "onnx", precision="fp32", opset=opset)
+            onnx = export_onnx(source, tmp / "onnx", precision="fp32", opset=opset, optimize=False)
             engine = build_engine(tmp / "onnx", tmp / ENGINE_NAME, precision=precision or "fp16",
                                   profile=Profile.dynamic() if dynamic else None)
         # Paths recorded while building pointed into the work directory: point them at the output.
@@ -124,7 +127,7 @@ def export(source: str | Path, format: str = "onnx", out: str | Path | None = No
         return Exported(format, out, written.unet, written=written)
     if format == "onnx":
         return Exported(format, out, export_onnx(source, out, precision=precision or "fp32", opset=opset,
-                                                 overwrite=overwrite))
+                                                 overwrite=overwrite, optimize=optimize))
     from .triton import write_triton_repository
 
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.onnx-") as tmp:

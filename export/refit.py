@@ -27,25 +27,39 @@ def _digest(a: np.ndarray) -> str:
     return hashlib.sha1(np.ascontiguousarray(a).tobytes() + str(a.shape).encode()).hexdigest()
 
 
-def build_refit_map(onnx_path: str | Path, unet: torch.nn.Module, precision: str) -> dict:
-    """{param name: {"initializer": name, "transpose": bool}} plus the list of ambiguous params."""
+def param_digests(unet: torch.nn.Module, precision: str) -> dict[str, list[str | None]]:
+    """{param name: [digest as is, digest transposed (2-D only)]} in the export's precision: what
+    `build_refit_map` needs from the UNet, computed before the export frees it."""
+    dtype = np.float16 if precision == "fp16" else np.float32
+    digests = {}
+    for name, p in unet.named_parameters():
+        a = p.detach().cpu().numpy().astype(dtype)
+        digests[name] = [_digest(a), _digest(a.T) if a.ndim == 2 else None]
+    return digests
+
+
+def build_refit_map(onnx_path: str | Path, unet: torch.nn.Module | dict, precision: str) -> dict:
+    """{param name: {"initializer": name, "transpose": bool}} plus the list of ambiguous params.
+
+    ``unet`` is the UNet or its `param_digests`. The initializers are read one at a time (SD-size
+    exports keep them in an external file)."""
     import onnx
     from onnx import numpy_helper
 
-    dtype = np.float16 if precision == "fp16" else np.float32
-    model = onnx.load(str(onnx_path), load_external_data=True)
+    digests = unet if isinstance(unet, dict) else param_digests(unet, precision)
+    onnx_path = Path(onnx_path)
+    model = onnx.load(str(onnx_path), load_external_data=False)
     by_hash: dict[str, list[str]] = {}
     for init in model.graph.initializer:
-        by_hash.setdefault(_digest(numpy_helper.to_array(init)), []).append(init.name)
+        tensor = onnx.TensorProto()
+        tensor.CopyFrom(init)  # to_array loads external data into the tensor: a copy, dropped after
+        by_hash.setdefault(_digest(numpy_helper.to_array(tensor, str(onnx_path.parent))), []).append(init.name)
     mapping, ambiguous, missing = {}, [], []
     seen: dict[str, str] = {}
-    for name, p in unet.named_parameters():
-        a = p.detach().cpu().numpy().astype(dtype)
+    for name, (as_is, transposed) in digests.items():
         found = None
-        for transpose, candidate in ((False, a), (True, a.T if a.ndim == 2 else None)):
-            if candidate is None:
-                continue
-            names = by_hash.get(_digest(candidate))
+        for transpose, digest in ((False, as_is), (True, transposed)):
+            names = by_hash.get(digest) if digest else None
             if names:
                 found = {"initializer": names[0], "transpose": transpose}
                 if len(names) > 1:
@@ -87,7 +101,8 @@ def refit_weights(export_dir: str | Path, delta_path: str | Path) -> dict[str, n
             raise RefitError(f"{name} shares its values with another weight in the export; rebuild instead of refitting")
         entry = refit_map["params"].get(name)
         if entry is None:
-            raise RefitError(f"{name} has no matching initializer in the export (folded by the exporter); rebuild instead")
+            raise RefitError(f"{name} has no matching initializer in the export (folded by the exporter, or fused by "
+                             "ONNX Runtime's optimizer): re-export with optimize=False (--no-optimize) to refit it")
         current = torch.from_numpy(numpy_helper.to_array(initializers[entry["initializer"]]).astype(np.float32))
         if entry["transpose"]:
             current = current.T

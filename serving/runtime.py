@@ -266,9 +266,12 @@ def load_runtime(source, backend: str = "torch", *, device: str | None = None, p
             meta = load_export_metadata(path)
             model_path, config = path / "unet" / MODEL_NAME, meta.get("unet_config", {})
         else:
-            config = _sidecar_config(path.parent.parent)
-            model_path = path
+            meta = _sidecar_metadata(path.parent.parent)
+            config, model_path = meta.get("unet_config", {}), path
         provider = provider or ("cuda" if torch.cuda.is_available() else "cpu")
+        if (meta.get("optimization") or {}).get("target") == "cuda" and provider == "cpu":
+            raise ConfigError(f"{path} was optimized for CUDA (GroupNorm/NHWC kernels ONNX Runtime has only there): "
+                              "run it with provider cuda, or re-export it on this machine or with --no-optimize")
         return OnnxRuntime(model_path, provider, threads, config, spinning)
     from ..export.tensorrt import load_engine_info
 
@@ -288,11 +291,16 @@ def engine_file(path: Path) -> Path:
     return path
 
 
-def _sidecar_config(export_dir: Path) -> dict:
-    """The UNet config recorded by the ONNX export in ``export_dir``, if it is one."""
+def _sidecar_metadata(export_dir: Path) -> dict:
+    """What the ONNX export in ``export_dir`` recorded (esd_export.json), if it is one."""
     from ..export.onnx import load_export_metadata
 
     try:
-        return load_export_metadata(export_dir).get("unet_config", {})
+        return load_export_metadata(export_dir)
     except ModelNotFoundError:
         return {}
+
+
+def _sidecar_config(export_dir: Path) -> dict:
+    """The UNet config recorded by the ONNX export in ``export_dir``, if it is one."""
+    return _sidecar_metadata(export_dir).get("unet_config", {})

@@ -176,8 +176,9 @@ def test_fp16_conversion_drops_the_fp32_external_data(tiny_sd, tmp_path):
     fp32_bytes = sum(p.stat().st_size for p in model_dir.iterdir())
     assert (model_dir / "model.onnx_data").stat().st_size > 0.5 * fp32_bytes
     _convert_fp16(model_dir / "model.onnx")
-    assert sorted(p.name for p in model_dir.iterdir()) == ["model.onnx"]  # inline: under the 2 GB limit
-    assert (model_dir / "model.onnx").stat().st_size < 0.6 * fp32_bytes
+    # converted tensor by tensor into a new external file; the fp32 one is gone
+    assert sorted(p.name for p in model_dir.iterdir()) == ["model.onnx", "model.onnx_data"]
+    assert sum(p.stat().st_size for p in model_dir.iterdir()) < 0.6 * fp32_bytes
     _ort(model_dir / "model.onnx", {k: v.astype(np.float16) if v.dtype == np.float32 else v
                                     for k, v in _dummy_inputs(resolve_unet(tiny_sd)[0], 2, 16).items()})
 
@@ -194,3 +195,36 @@ def test_esd_sdk_export_is_one_call_for_every_format(edited, tmp_path):
         esd_sdk.export(edited, format="onnx")
     with pytest.raises(ConfigError, match="format must be one of"):
         esd_sdk.export(edited, format="coreml", out=tmp_path / "x")
+
+
+def test_default_export_is_fused_by_onnxruntime_and_plain_on_request(base_export, tiny_sd, tmp_path):
+    """optimize (default): attention and LayerNorm fused by ONNX Runtime's optimizer for the CPU,
+    parity-checked; optimize=False: the plain graph, standard ONNX ops only (TensorRT)."""
+    assert base_export.optimization["target"] == "cpu"
+    assert base_export.optimization["fused"]["Attention"] and base_export.optimization["fused"]["MultiHeadAttention"]
+    ops = {n.op_type for n in onnx.load(str(base_export.model_path)).graph.node}
+    assert {"Attention", "MultiHeadAttention", "SkipLayerNormalization"} <= ops
+    plain = export_onnx(tiny_sd, tmp_path / "plain", optimize=False)
+    model = onnx.load(str(plain.model_path))
+    assert plain.optimization is None and all(n.domain in ("", "ai.onnx") for n in model.graph.node)
+
+
+def test_optimizing_and_halving_stream_external_weights(base_export, tiny_sd, tmp_path):
+    """SD-size exports keep their weights in model.onnx_data: the optimizer (convolutions left on
+    disk) and the fp16 conversion rewrite that file tensor by tensor, and the model still runs."""
+    from esd_sdk.export.onnx import _Reference, _compare, _optimize, _reference
+
+    plain = export_onnx(tiny_sd, tmp_path / "plain", optimize=False).model_path
+    model_dir = tmp_path / "big" / "unet"
+    model_dir.mkdir(parents=True)
+    onnx.save(onnx.load(str(plain)), str(model_dir / "model.onnx"), save_as_external_data=True,
+              all_tensors_to_one_file=False, size_threshold=0)  # one file per weight, as torch writes them
+    ref: _Reference = _reference(resolve_unet(tiny_sd)[0])
+    shapes = {**{k: v.shape for k, v in ref.inputs.items()}, "out_sample": ref.expected.shape}
+    fused = _optimize(model_dir / "model.onnx", "cpu", shapes)
+    assert fused["Attention"] and sorted(p.name for p in model_dir.iterdir()) == ["model.onnx", "model.onnx_data"]
+    assert _compare(ref, model_dir / "model.onnx", "fp32").max_abs_diff <= 1e-4
+    from esd_sdk.export.onnx import _convert_fp16
+
+    _convert_fp16(model_dir / "model.onnx")
+    assert _compare(ref, model_dir / "model.onnx", "fp16").max_abs_diff <= 5e-2
