@@ -87,6 +87,7 @@ def build_manifest(base: BaseModel, state: "EraseState", delta: dict, edited_has
         "changed_tensors": len(delta_names(delta)),
         "delta_corrected_elements": corrected_elements(delta),
         "training": {"steps": state.step, "seconds": round(state.seconds, 2),
+                     "processes": state.processes, "global_batch": state.processes * config.batch_size,
                      "final_loss": losses[-1] if losses else None,
                      "loss_first_10_mean": sum(losses[:10]) / max(1, len(losses[:10])),
                      "loss_last_10_mean": sum(losses[-10:]) / max(1, len(losses[-10:]))},

@@ -142,6 +142,19 @@ steps, lr 2e-4; 2e-3 for x and x-strict).
 """
 
 
+def _without_option(argv: list[str], name: str) -> list[str]:
+    """``argv`` without ``name VALUE`` / ``name=VALUE``."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == name:
+            skip = True
+        elif not arg.startswith(name + "="):
+            out.append(arg)
+    return out
+
+
 def _slug(text: str) -> str:
     import re
 
@@ -149,7 +162,9 @@ def _slug(text: str) -> str:
 
 
 @cli.command(epilog=EPILOG_ERASE)
-@click.option("--concept", "concepts", multiple=True, required=True, help="Prompt naming what to erase; repeat for several.")
+@click.option("--concept", "concepts", multiple=True, help="Prompt naming what to erase; repeat for several (each step trains every one).")
+@click.option("--concepts-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="More concepts: one prompt a line, or a CSV with a 'concept' column.")
 @click.option("--method", default="x", show_default=True, help="Which tensors train: x, u, x-strict, self, all, or re:REGEX.")
 @click.option("--model", default=None, metavar="MODEL",
               help="Base model: a hub id (default CompVis/stable-diffusion-v1-4), a local diffusers directory, a .safetensors file, or 'toy'.")
@@ -175,6 +190,9 @@ def _slug(text: str) -> str:
 @click.option("--robust-attack-steps", type=int, help="Robust: inner attack steps per refresh [5].")
 @click.option("--robust-every", type=int, help="Robust: steps between refreshes of the adversarial prompt [1].")
 @click.option("--device", help="torch device [cuda if available, else cpu].")
+@click.option("--processes", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Data-parallel processes on this machine, started with accelerate launch (one per GPU; "
+                   "gloo on CPU). The global batch is processes x --batch-size.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run of the same --out from its checkpoint.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output directory.")
 @click.option("--dry-run", is_flag=True, help="Print which tensors would train, then exit.")
@@ -182,8 +200,8 @@ def _slug(text: str) -> str:
 @allow_pickle_option
 @config_option
 @_errors_to_exit
-def erase(concepts, method, model, out, device, resume, overwrite, dry_run, quiet, allow_pickle, model_config,
-          **settings):
+def erase(concepts, concepts_file, method, model, out, device, processes, resume, overwrite, dry_run, quiet,
+          allow_pickle, model_config, **settings):
     """Erase a concept from a model's UNet with ESD and write the edited model.
 
     Writes OUT/unet (a standalone diffusers UNet), OUT/esd_delta.safetensors (only the
@@ -193,8 +211,13 @@ def erase(concepts, method, model, out, device, resume, overwrite, dry_run, quie
     from .config import EraseConfig
     from .loading import DEFAULT_MODEL, load_base
     from .selection import select_parameters
+    from .config import read_concepts
+    from .distributed import is_main_process, launch
     from .training import erase as run_erase
 
+    concepts = list(concepts) + (read_concepts(concepts_file) if concepts_file else [])
+    if not concepts:
+        raise click.UsageError("nothing to erase: pass --concept PROMPT (repeatable) or --concepts-file FILE")
     overrides = {k: v for k, v in settings.items() if v is not None and v != ()}
     if "preserve" in overrides:
         overrides["preserve"] = list(overrides["preserve"])
@@ -202,8 +225,12 @@ def erase(concepts, method, model, out, device, resume, overwrite, dry_run, quie
     EraseConfig.for_model("toy" if model == "toy" else "sd", list(concepts), method, **overrides)
     if out is None:
         out = Path(f"esd-{_slug(concepts[0])}-{_slug(method)}")
-    if not dry_run:
+    if not dry_run and is_main_process():  # under a launcher, rank 0 alone owns the output
         prepare_output(out, overwrite=overwrite, resume=resume)
+    if processes > 1 and not dry_run:  # the same command again, in each process that accelerate starts
+        i = sys.argv.index("erase")
+        args = [*sys.argv[1:i], "erase", *_without_option(sys.argv[i + 1:], "--processes")]
+        raise SystemExit(launch(args, processes))
     base = load_base(model or DEFAULT_MODEL, allow_pickle=allow_pickle, config=model_config)
     config = EraseConfig.for_model(base, list(concepts), method, **overrides)
     if dry_run:
@@ -218,8 +245,10 @@ def erase(concepts, method, model, out, device, resume, overwrite, dry_run, quie
     result = run_erase(base, out=out, config=config, overwrite=overwrite, resume=resume, device=device,
                        progress=not quiet, inplace=True)
     m = result.manifest
-    click.echo(f"erased {', '.join(repr(c) for c in config.concepts)} with ESD-{config.method} in "
-               f"{m['training']['seconds']:.1f}s ({m['trained']['summary']}); wrote {out}")
+    if m is not None:  # rank 0 (the only process, or the one that wrote out)
+        named = ", ".join(repr(c) for c in config.concepts[:5]) + (f" and {len(config.concepts) - 5} more" if len(config.concepts) > 5 else "")
+        click.echo(f"erased {named} with ESD-{config.method} in {m['training']['seconds']:.1f}s "
+                   f"({m['trained']['summary']}, {m['training']['processes']} process(es)); wrote {out}")
 
 
 @cli.command("apply-delta")

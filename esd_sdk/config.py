@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .errors import ConfigError
@@ -23,6 +24,28 @@ TOY_LR = {"x": 2e-3, "x-strict": 2e-3}
 TOY_LR_OTHER = 2e-4
 
 
+def read_concepts(path: str | Path) -> list[str]:
+    """Concepts listed in a file: one prompt a line (blank lines and # comments skipped), or a
+    CSV with a ``concept`` column (the bundled prompt sets' format; each concept once, in order)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot read the concepts file {path} ({e}): pass a UTF-8 text or CSV file") from e
+    if path.suffix.lower() == ".csv":
+        import csv
+
+        rows = list(csv.DictReader(text.splitlines()))
+        if not rows or "concept" not in rows[0]:
+            raise ConfigError(f"{path} has no 'concept' column: add one, or list one concept a line in a .txt file")
+        concepts = list(dict.fromkeys(r["concept"].strip() for r in rows if r["concept"] and r["concept"].strip()))
+    else:
+        concepts = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    if not concepts:
+        raise ConfigError(f"{path} lists no concepts: write one prompt a line")
+    return concepts
+
+
 def toy_defaults(method: str) -> dict:
     """The toy world's defaults for a method."""
     return {**TOY_DEFAULTS, "lr": TOY_LR.get(method, TOY_LR_OTHER)}
@@ -32,12 +55,12 @@ def toy_defaults(method: str) -> dict:
 class EraseConfig:
     """Settings of one ESD erase. Defaults are the paper's (Gandikota et al. 2023, Sec. 4)."""
 
-    concepts: list[str]  # prompts naming what to erase, e.g. ["van gogh"]
+    concepts: list[str]  # prompts naming what to erase, e.g. ["van gogh"]; every step trains each one
     method: str = "x"  # x | x-strict | u | self | all | re:REGEX over module names
     negative_guidance: float = 1.0  # eta: target = e*(x,t) - eta * (e*(x,c,t) - e*(x,t)); paper's eta
-    steps: int = 1000  # optimisation steps
+    steps: int = 1000  # optimisation steps (each one a pass per concept: the work grows with the concepts)
     lr: float = 1e-5  # Adam learning rate
-    batch_size: int = 1  # trajectories per step
+    batch_size: int = 1  # trajectories per concept and step, per process (global: processes x this)
     ddim_steps: int = 50  # DDIM steps of the x_t trajectory; t_enc ~ U{0..ddim_steps-1}
     sample_guidance: float = 3.0  # classifier-free guidance while sampling x_t
     sampler: str = "edited"  # x_t from the model being edited (paper) or "frozen" (upstream code)
@@ -90,6 +113,9 @@ class EraseConfig:
             raise ConfigError("concept must be a non-empty prompt, e.g. --concept \"van gogh\"")
         if any(not p for p in self.preserve):
             raise ConfigError("preserve prompts must be non-empty")
+        repeated = sorted({c for c in self.concepts if self.concepts.count(c) > 1})
+        if repeated:
+            raise ConfigError(f"'{repeated[0]}' is listed twice among the concepts: list each concept once")
         overlap = set(self.concepts) & set(self.preserve)
         if overlap:
             raise ConfigError(f"'{sorted(overlap)[0]}' is both erased and preserved: drop it from one list")

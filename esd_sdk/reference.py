@@ -49,21 +49,24 @@ class ReferenceESD:
         self.shape = (1, self.unet.config.in_channels, size // f, size // f)
 
     def step(self) -> float:
+        """One Adam step on the mean loss of every concept, each on its own fresh x_t."""
         c, g = self.config, self.generator
-        concept = self.concepts[int(torch.randint(len(self.concepts), (1,), generator=g))]
-        t_enc = int(torch.randint(c.ddim_steps, (1,), generator=g))
         sampler = self.frozen if c.sampler == "frozen" else self.unet
-        with torch.no_grad():
-            x = torch.randn(self.shape, generator=g).to(self.device) * self.scheduler.init_noise_sigma
-            for t in self.scheduler.timesteps[:t_enc]:
-                e_u = sampler(x, t, **self.uncond.kwargs()).sample
-                e_c = sampler(x, t, **concept.kwargs()).sample
-                x = self.scheduler.step(e_u + c.sample_guidance * (e_c - e_u), t, x).prev_sample
-            t = self.scheduler.timesteps[t_enc]
-            e_0 = self.frozen(x, t, **self.uncond.kwargs()).sample
-            e_p = self.frozen(x, t, **concept.kwargs()).sample
-        e_n = self.unet(x, t, **concept.kwargs()).sample
-        loss = F.mse_loss(e_n, e_0 - c.negative_guidance * (e_p - e_0))
+        losses = []
+        for concept in self.concepts:
+            t_enc = int(torch.randint(c.ddim_steps, (1,), generator=g))
+            with torch.no_grad():
+                x = torch.randn(self.shape, generator=g).to(self.device) * self.scheduler.init_noise_sigma
+                for t in self.scheduler.timesteps[:t_enc]:
+                    e_u = sampler(x, t, **self.uncond.kwargs()).sample
+                    e_c = sampler(x, t, **concept.kwargs()).sample
+                    x = self.scheduler.step(e_u + c.sample_guidance * (e_c - e_u), t, x).prev_sample
+                t = self.scheduler.timesteps[t_enc]
+                e_0 = self.frozen(x, t, **self.uncond.kwargs()).sample
+                e_p = self.frozen(x, t, **concept.kwargs()).sample
+            e_n = self.unet(x, t, **concept.kwargs()).sample
+            losses.append(F.mse_loss(e_n, e_0 - c.negative_guidance * (e_p - e_0)))
+        loss = torch.stack(losses).mean()
         self.optimizer.zero_grad()
         loss.backward()
         self.optimizer.step()

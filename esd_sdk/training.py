@@ -7,6 +7,10 @@ For a concept prompt c, each step (Gandikota et al. 2023, Eq. 4-5):
   2. t is the DDIM timestep x_t has reached (the noise level it is actually at).
   3. target = e*(x_t, t) - eta * (e*(x_t, c, t) - e*(x_t, t)) from the frozen model.
   4. loss = MSE(e(x_t, c, t), target), Adam on the selected tensors only.
+With several concepts, every step does 1-3 for each concept (each with its own t_enc and x_t)
+and averages their losses: one update never favours a concept, and the work of a run grows with
+the number of concepts. Each concept's graph is freed by its own backward pass before the next
+concept runs, so memory does not grow with the number of concepts.
 The guided combination has coefficients that sum to one, so it is the same whether the model
 predicts epsilon or v (v is affine in epsilon at fixed x_t): v-prediction models (SD 2.x) use
 their raw outputs directly.
@@ -15,6 +19,9 @@ Where the time goes: step 1 is ~ddim_steps/2 guided UNet calls, so it runs batch
 uncond in one call), without autograd, in the low precision. The frozen model is the same
 module with the original values of the trained tensors swapped in (torch.func.functional_call),
 so no second UNet is held; only the trained tensors get gradients.
+
+Several processes (accelerate launch; see `esd_sdk.distributed`) share one global batch: each
+denoises its own slice of it, and gradients are averaged before every Adam step.
 
 Memory in bf16/fp16: autocast computes every Linear/Conv in the low precision, and it re-casts
 frozen fp32 weights on every call (it caches casts only for leaf tensors that require grad).
@@ -30,6 +37,7 @@ import contextlib
 import copy
 import json
 import logging
+import math
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -43,6 +51,7 @@ from torch.nn import functional as F
 from .conditioning import Conditioning, encode_prompts
 from .artifact import CHECKPOINT_DIR, partial_dir, prepare_output, write_artifact
 from .config import EraseConfig
+from .distributed import Processes
 from .errors import ConfigError, EraseInterrupted, NonFiniteLossError
 from .files import atomic_dir
 from .loading import BaseModel, load_base, weights_hash
@@ -63,6 +72,7 @@ class EraseState:
     losses: list[float] = field(default_factory=list)
     seconds: float = 0.0
     step: int = 0
+    processes: int = 1  # data-parallel processes; the global batch is processes x config.batch_size
 
 
 @dataclass
@@ -149,9 +159,12 @@ class _Trainer:
     """Holds the pieces of one erase run; `train` runs its steps."""
 
     def __init__(self, base: BaseModel, unet: torch.nn.Module, config: EraseConfig, device: torch.device,
-                 checkpoint_dir: Path | None):
+                 checkpoint_dir: Path | None, processes: Processes | None = None):
         self.base, self.config, self.device = base, config, device
         self.checkpoint_dir = checkpoint_dir
+        self.processes = processes or Processes()
+        if config.robust and self.processes.world > 1:
+            raise ConfigError("robust ESD runs in one process: launch it without accelerate (or --processes 1)")
         self.unet = unet.to(device)
         if self.unet.dtype != torch.float32:
             self.unet.to(dtype=torch.float32)  # fp32 master weights; autocast does the low precision
@@ -192,9 +205,11 @@ class _Trainer:
         if size % scale:
             raise ConfigError(f"resolution {size} is not a multiple of the VAE's factor {scale}")
         self.latent_shape = (config.batch_size, self.unet.config.in_channels, size // scale, size // scale)
-        self.trajectory: torch.Tensor | None = None  # (ddim_steps, B, C, h, w) when regenerate_every > 1
+        # concept -> (ddim_steps, B, C, h, w), when regenerate_every > 1 (latents only: small next to the UNet)
+        self.trajectories: dict[int, torch.Tensor] = {}
         self.losses: list[float] = []
         self.step = 0
+        self.stop = False  # a process was asked to stop (Ctrl-C, SIGTERM): all stop after this step
         self.adversary = _Adversary(self) if config.robust else None
 
     # -- model calls ----------------------------------------------------------------------
@@ -210,7 +225,9 @@ class _Trainer:
         """Run n_steps guided DDIM steps from fresh noise; returns x (or every intermediate x).
         The model is the one being edited, or the frozen one with ``sampler="frozen"`` (or ``frozen``)."""
         c = self.config
-        x = torch.randn(self.latent_shape, generator=self.generator).to(self.device) * self.scheduler.init_noise_sigma
+        # Noise for the whole global batch from the shared generator; this process denoises its slice.
+        noise = torch.randn((self.processes.world * self.latent_shape[0], *self.latent_shape[1:]), generator=self.generator)
+        x = self.processes.shard(noise).to(self.device) * self.scheduler.init_noise_sigma
         b = x.shape[0]
         cond = Conditioning.cat([self.uncond.index([0] * b), concept.index([0] * b)])
         frozen = c.sampler == "frozen" if frozen is None else frozen
@@ -226,19 +243,18 @@ class _Trainer:
 
     # -- one optimisation step --------------------------------------------------------------
 
-    def train_step(self) -> float:
+    def concept_loss(self, k: int) -> torch.Tensor:
+        """The ESD loss of concept ``k`` on a fresh x_t (plus its preservation and robust terms)."""
         c = self.config
-        g = self.generator
-        # 1. the concept of this step and x_t at a random point of the trajectory
-        k = int(torch.randint(len(self.concepts), (1,), generator=g))
+        # 1. x_t at a random point of the concept's trajectory
         concept = self.concepts.index([k])
-        t_enc = int(torch.randint(c.ddim_steps, (1,), generator=g))
+        t_enc = int(torch.randint(c.ddim_steps, (1,), generator=self.generator))
         if c.regenerate_every == 1:
             x = self._sample(concept, t_enc)
         else:
-            if self.trajectory is None or self.step % c.regenerate_every == 0:
-                self.trajectory = self._sample(concept, c.ddim_steps, keep_all=True)
-            x = self.trajectory[t_enc]
+            if k not in self.trajectories or self.step % c.regenerate_every == 0:
+                self.trajectories[k] = self._sample(concept, c.ddim_steps, keep_all=True)
+            x = self.trajectories[k][t_enc]
         t = self.scheduler.timesteps[t_enc]
         b = x.shape[0]
         n_keep = len(self.preserve) if self.preserve is not None else 0
@@ -264,19 +280,27 @@ class _Trainer:
             loss = loss + c.preserve_weight * F.mse_loss(pred[b:(1 + n_keep) * b], frozen[2 * b:])
         if self.adversary is not None:
             loss = loss + c.robust_weight * F.mse_loss(pred[(1 + n_keep) * b:], target)
+        return loss
 
-        # 4. update
-        if not torch.isfinite(loss):
-            raise NonFiniteLossError(
-                f"loss became {loss.item()} at step {self.step + 1}; the last good checkpoint is kept"
-                f"{' in ' + str(self.checkpoint_dir) if self.checkpoint_dir else ''}: lower --lr or use --precision fp32")
+    def train_step(self) -> float:
+        """One Adam step on the mean loss of every concept, averaged over processes."""
+        n = len(self.config.concepts)
         self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
+        total = torch.zeros((), device=self.device)
+        for k in range(n):
+            loss = self.concept_loss(k) / n
+            self.scaler.scale(loss).backward()  # frees this concept's graph: memory flat in n
+            total += loss.detach()
+        loss, self.stop = self.processes.finish_step(list(self.trained.values()), total)
+        if not math.isfinite(loss):
+            raise NonFiniteLossError(
+                f"loss became {loss} at step {self.step + 1}; the last good checkpoint is kept"
+                f"{' in ' + str(self.checkpoint_dir) if self.checkpoint_dir else ''}: lower --lr or use --precision fp32")
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.step += 1
-        self.losses.append(loss.item())
-        return self.losses[-1]
+        self.losses.append(loss)
+        return loss
 
     def release(self) -> None:
         """Training is over: the UNet gets its exact fp32 frozen weights back."""
@@ -287,8 +311,13 @@ class _Trainer:
     # -- checkpoints ---------------------------------------------------------------------------
 
     def save_checkpoint(self) -> None:
-        """Everything needed to continue exactly: trained tensors, Adam moments, RNG, trajectory."""
+        """Everything needed to continue exactly: trained tensors, Adam moments, RNG, trajectories.
+        Every process holds the same values but its own slice of the trajectories: those are
+        gathered (so every process must call this), then rank 0 alone writes."""
         if self.checkpoint_dir is None:
+            return
+        trajectories = {k: self.processes.gather(v, dim=1) for k, v in sorted(self.trajectories.items())}
+        if not self.processes.is_main:
             return
         tensors = {f"param/{n}": p.detach().cpu().contiguous() for n, p in self.trained.items()}
         steps = {}
@@ -301,13 +330,14 @@ class _Trainer:
         tensors["rng/generator"] = self.generator.get_state()
         if self.adversary is not None:
             tensors.update(self.adversary.state())
-        if self.trajectory is not None:
-            tensors["rng/trajectory"] = self.trajectory.cpu().contiguous()
+        for k, trajectory in trajectories.items():  # (ddim_steps, global batch, C, h, w)
+            tensors[f"rng/trajectory/{k}"] = trajectory.cpu().contiguous()
         with atomic_dir(self.checkpoint_dir, overwrite=True) as tmp:
             save_file(tensors, str(tmp / "state.safetensors"))
             (tmp / "state.json").write_text(json.dumps({
                 "step": self.step, "config": self.config.to_dict(), "base_hash": self.base_hash,
                 "adam_steps": steps, "scaler": self.scaler.state_dict(), "losses": self.losses,
+                "processes": self.processes.world,
             }) + "\n")
 
     def load_checkpoint(self) -> None:
@@ -317,7 +347,11 @@ class _Trainer:
                               "resume with the same --model, or start again with --overwrite")
         saved = EraseConfig.from_dict(meta["config"]).to_dict()
         ours = self.config.to_dict()
-        changed = [k for k in saved if k not in ("steps", "checkpoint_every") and saved[k] != ours[k]]
+        changed = [k for k in saved if k not in ("steps", "checkpoint_every", "batch_size") and saved[k] != ours[k]]
+        # The global batch fixes the random numbers; how it is split over processes does not.
+        saved_processes = meta.get("processes", 1)
+        if saved_processes * saved["batch_size"] != self.processes.world * self.config.batch_size:
+            changed.append(f"processes x batch size ({saved_processes} x {saved['batch_size']})")
         if changed:
             raise ConfigError(f"cannot resume: {', '.join(changed)} differ from the checkpoint's; "
                               "use the same settings or start again with --overwrite")
@@ -334,8 +368,8 @@ class _Trainer:
         self.generator.set_state(tensors["rng/generator"])
         if self.adversary is not None:
             self.adversary.load_state(tensors)
-        if "rng/trajectory" in tensors:
-            self.trajectory = tensors["rng/trajectory"].to(self.device)
+        self.trajectories = {int(name.rsplit("/", 1)[1]): self.processes.shard(v, dim=1).to(self.device)
+                             for name, v in tensors.items() if name.startswith("rng/trajectory/")}
         self.scaler.load_state_dict(meta["scaler"])
         self.step, self.losses = meta["step"], meta["losses"]
         logger.info("resumed from step %d", self.step)
@@ -405,20 +439,23 @@ class _Adversary:
 
 def train(base: BaseModel, config: EraseConfig, device: str | torch.device | None = None,
           checkpoint_dir: Path | None = None, resume: bool = False, progress: bool = True,
-          inplace: bool = False) -> EraseState:
+          inplace: bool = False, processes: Processes | None = None) -> EraseState:
     """Run the ESD optimisation and return the edited state.
 
     ``base.unet`` is left as it was: training runs on a copy, unless ``inplace=True`` (saves one
     UNet of memory at SD scale; then the returned UNet *is* ``base.unet``, edited). With
     ``checkpoint_dir``, a resumable checkpoint is written every ``config.checkpoint_every`` steps
-    and on Ctrl-C; ``resume=True`` continues from it exactly.
+    and on Ctrl-C or SIGTERM (at the end of the step); ``resume=True`` continues from it exactly.
+    Under a launcher (``processes``, by default from the environment), each process trains on its
+    slice of the global batch and rank 0 writes the checkpoints.
     """
     from tqdm.auto import tqdm
 
     config.validate()
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    processes = processes or Processes.from_environment(device)
+    device = processes.device or torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     unet = base.unet if inplace else copy.deepcopy(base.unet)
-    trainer = _Trainer(base, unet, config, device, checkpoint_dir)
+    trainer = _Trainer(base, unet, config, device, checkpoint_dir, processes)
     t0 = time.perf_counter()
     bar = None
     try:
@@ -426,18 +463,27 @@ def train(base: BaseModel, config: EraseConfig, device: str | torch.device | Non
             if checkpoint_dir is None or not (checkpoint_dir / "state.json").is_file():
                 raise ConfigError(f"nothing to resume: no checkpoint in {checkpoint_dir}; run without --resume")
             trainer.load_checkpoint()
-        logger.info("training %s", trainer.selection.summary())
-        bar = tqdm(total=config.steps, initial=trainer.step, desc=f"ESD-{config.method} {config.concepts[0]!r}",
-                   disable=not progress, unit="step")
-        while trainer.step < config.steps:
-            loss = trainer.train_step()
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss:.4g}")
-            if config.checkpoint_every and trainer.step % config.checkpoint_every == 0 and trainer.step < config.steps:
-                trainer.save_checkpoint()
+        logger.info("training %s on %d concept(s) in %d process(es)", trainer.selection.summary(),
+                    len(config.concepts), processes.world)
+        what = repr(config.concepts[0]) if len(config.concepts) == 1 else f"{len(config.concepts)} concepts"
+        bar = tqdm(total=config.steps, initial=trainer.step, desc=f"ESD-{config.method} {what}",
+                   disable=not progress or not processes.is_main, unit="step")
+        with processes.stop_on_signals():
+            while trainer.step < config.steps:
+                loss = trainer.train_step()
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.4g}")
+                if trainer.stop:
+                    raise KeyboardInterrupt
+                if config.checkpoint_every and trainer.step % config.checkpoint_every == 0 and trainer.step < config.steps:
+                    trainer.save_checkpoint()
     except KeyboardInterrupt as e:
-        trainer.save_checkpoint()
-        where = f"checkpoint saved to {checkpoint_dir}; continue with --resume" if checkpoint_dir else "no checkpoint directory"
+        # A stop shared by every process, at the end of a step: all save together. A raw Ctrl-C
+        # inside a step of several processes cannot be shared: the last checkpoint stays.
+        if trainer.stop or processes.world == 1:
+            trainer.save_checkpoint()
+            processes.barrier()  # the others wait for rank 0's checkpoint before exiting
+        where = f"checkpoint in {checkpoint_dir}; continue with --resume" if checkpoint_dir else "no checkpoint directory"
         raise EraseInterrupted(f"interrupted at step {trainer.step}/{config.steps}: {where}") from e
     finally:
         if bar is not None:
@@ -449,7 +495,7 @@ def train(base: BaseModel, config: EraseConfig, device: str | torch.device | Non
         trainer.unet.disable_gradient_checkpointing()
     return EraseState(unet=trainer.unet, config=config, selection=trainer.selection, original=trainer.original,
                       base_hash=trainer.base_hash, losses=trainer.losses,
-                      seconds=time.perf_counter() - t0, step=trainer.step)
+                      seconds=time.perf_counter() - t0, step=trainer.step, processes=processes.world)
 
 
 def erase(model: str | Path | BaseModel, concepts: str | list[str] | None = None, method: str = "x",
@@ -473,18 +519,27 @@ def erase(model: str | Path | BaseModel, concepts: str | list[str] | None = None
         inplace: train ``model.unet`` itself instead of a copy (saves memory; the base is then edited).
         **overrides: any `EraseConfig` setting (steps=, lr=, negative_guidance=, preserve=, ...). The
             others take the model's defaults (`EraseConfig.for_model`): the paper's, or the toy world's.
+
+    Under ``accelerate launch`` every process calls this; they train together (``batch_size`` per
+    process) and only rank 0 writes ``out`` (the others return a result without a manifest).
     """
     if config is not None and (concepts is not None or overrides):
         raise ConfigError("pass either config= or concepts and settings, not both")
     if config is None and concepts is None:
         raise ConfigError("nothing to erase: pass concepts, e.g. erase(model, \"van gogh\")")
     out = Path(out) if out is not None else None
+    processes = Processes.from_environment(device)
     if out is not None:
-        prepare_output(out, overwrite=overwrite, resume=resume)  # fail before any expensive work
+        if processes.is_main:
+            prepare_output(out, overwrite=overwrite, resume=resume)  # fail before any expensive work
+        processes.barrier()  # the others start once a stale checkpoint is gone
     base = model if isinstance(model, BaseModel) else load_base(model)
     config = (config or EraseConfig.for_model(base, concepts, method, **overrides)).validate()
     ckpt = partial_dir(out) / CHECKPOINT_DIR if out is not None else None
-    state = train(base, config, device=device, checkpoint_dir=ckpt, resume=resume, progress=progress, inplace=inplace)
+    state = train(base, config, device=device, checkpoint_dir=ckpt, resume=resume, progress=progress, inplace=inplace,
+                  processes=processes)
     if out is None:
         return EraseResult(state)
-    return EraseResult(state, out, write_artifact(out, base, state, overwrite=overwrite))
+    manifest = write_artifact(out, base, state, overwrite=overwrite) if processes.is_main else None
+    processes.barrier()  # nobody reports success before the output exists
+    return EraseResult(state, out, manifest)

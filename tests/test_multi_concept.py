@@ -1,0 +1,117 @@
+"""Many concepts in one edit: every concept every step, memory flat in their number, lists from files."""
+
+import csv
+import json
+import weakref
+from importlib import resources
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from esd_sdk import load_base
+from esd_sdk.cli import cli
+from esd_sdk.config import EraseConfig, read_concepts
+from esd_sdk.errors import ConfigError
+from esd_sdk.training import _Trainer
+
+TINY = dict(method="x", steps=1, lr=1e-3, ddim_steps=1)  # t_enc = 0: no sampling calls
+
+
+def _artist_prompts(n: int) -> list[str]:
+    """``n`` distinct prompts of the bundled artists set (it names 5 artists in 100 prompts)."""
+    path = resources.files("esd_sdk") / "data" / "prompts" / "artists.csv"
+    rows = list(csv.DictReader(path.read_text(encoding="utf-8").splitlines()))
+    prompts = list(dict.fromkeys(r["prompt"].strip() for r in rows))
+    assert len(prompts) >= n
+    return prompts[:n]
+
+
+class _SavedForBackward:
+    """Peak bytes of activations autograd holds at once, and the largest UNet batch."""
+
+    def __init__(self, unet: torch.nn.Module):
+        self.live = self.peak = self.max_batch = 0
+        unet.register_forward_pre_hook(lambda module, args: self._batch(args[0]))
+
+    def _batch(self, x: torch.Tensor) -> None:
+        self.max_batch = max(self.max_batch, x.shape[0])
+
+    def _release(self, size: int) -> None:
+        self.live -= size
+
+    def pack(self, t: torch.Tensor) -> "_Saved":
+        holder = _Saved(t)  # freed with the graph that holds it
+        size = t.numel() * t.element_size()
+        self.live += size
+        self.peak = max(self.peak, self.live)
+        weakref.finalize(holder, self._release, size)
+        return holder
+
+    @staticmethod
+    def unpack(holder: "_Saved") -> torch.Tensor:
+        return holder.tensor
+
+
+class _Saved:
+    __slots__ = ("tensor", "__weakref__")
+
+    def __init__(self, tensor: torch.Tensor):
+        self.tensor = tensor
+
+
+def _peak_step(tiny_sd, concepts: list[str]) -> tuple[int, int, _Trainer]:
+    base = load_base(tiny_sd)
+    trainer = _Trainer(base, base.unet, EraseConfig(concepts=concepts, preserve=["a square"], **TINY),
+                       torch.device("cpu"), None)
+    meter = _SavedForBackward(trainer.unet)
+    with torch.autograd.graph.saved_tensors_hooks(meter.pack, meter.unpack):
+        trainer.train_step()
+    return meter.peak, meter.max_batch, trainer
+
+
+def test_fifty_concepts_memory_is_flat(tiny_sd):
+    """Each concept's graph is freed before the next one runs, and no call batches the concepts
+    together: 50 concepts hold exactly the activations of 2, and every one of them trains."""
+    peak_2, batch_2, _ = _peak_step(tiny_sd, _artist_prompts(2))
+    peak_50, batch_50, trainer = _peak_step(tiny_sd, _artist_prompts(50))
+    assert peak_2 > 0 and peak_50 == peak_2
+    assert batch_50 == batch_2 == 3  # the frozen call: uncond, concept, one preserved prompt
+    assert trainer.trajectories == {} and len(trainer.losses) == 1 and trainer.step == 1
+
+
+def test_concepts_file_lists_every_concept_in_the_manifest(tiny_sd, tmp_path):
+    concepts = _artist_prompts(50)
+    listed = tmp_path / "artists.txt"
+    listed.write_text("# fifty prompts of the bundled artists set\n\n" + "\n".join(concepts) + "\n")
+    out = tmp_path / "edit"
+    result = CliRunner().invoke(cli, ["erase", "--model", str(tiny_sd), "--concepts-file", str(listed), "--out", str(out),
+                                      "--method", "x", "--steps", "1", "--ddim-steps", "1", "--lr", "1e-3", "-q"])
+    assert result.exit_code == 0, result.output
+    assert "and 45 more" in result.output
+    manifest = json.loads((out / "esd.json").read_text())
+    assert manifest["concepts"] == concepts and manifest["config"]["concepts"] == concepts
+    assert manifest["training"]["processes"] == 1 and manifest["training"]["global_batch"] == 1
+    card = (out / "README.md").read_text()
+    assert all(json.dumps(c) in card for c in concepts)
+
+
+def test_read_concepts(tmp_path):
+    bundled = resources.files("esd_sdk") / "data" / "prompts" / "artists.csv"
+    assert read_concepts(bundled) == ["Tyler Edlin", "Thomas Kinkade", "Kilian Eng", "Kelly McKernan", "Ajin: Demi Human"]
+    (tmp_path / "list.txt").write_text("circle\n  # a comment\n\n square \n")
+    assert read_concepts(tmp_path / "list.txt") == ["circle", "square"]
+    (tmp_path / "empty.txt").write_text("# nothing\n")
+    with pytest.raises(ConfigError, match="lists no concepts"):
+        read_concepts(tmp_path / "empty.txt")
+    (tmp_path / "bad.csv").write_text("prompt,seed\na cat,1\n")
+    with pytest.raises(ConfigError, match="no 'concept' column"):
+        read_concepts(tmp_path / "bad.csv")
+    with pytest.raises(ConfigError, match="listed twice"):
+        EraseConfig(concepts=["circle", "square", "circle"]).validate()
+
+
+def test_cli_needs_a_concept(tiny_sd, tmp_path):
+    result = CliRunner().invoke(cli, ["erase", "--model", str(tiny_sd), "--out", str(tmp_path / "x")])
+    assert result.exit_code == 2 and "--concepts-file" in result.output
+    assert not (tmp_path / "x").exists()
