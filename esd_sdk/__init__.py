@@ -38,6 +38,7 @@ from .errors import (
     ServiceClosedError,
     ServiceError,
     StaleExportError,
+    TritonError,
     UnsafeWeightsError,
     UnsupportedModelError,
 )
@@ -74,4 +75,5 @@ __all__ = [
     "CorruptWeightsError", "UnsafeWeightsError", "OutputExistsError", "MissingDependencyError", "DeltaMismatchError",
     "StaleExportError", "NonFiniteLossError", "EraseInterrupted", "AttackError", "ExportError", "ParityError",
     "RefitError", "EngineError", "ServiceError", "QueueFullError", "ServiceClosedError", "DeadlineExceededError",
+    "TritonError",
 ]

@@ -10,8 +10,7 @@ The export is described by optimum's `UNetOnnxConfig`, with one change: the time
 
 1. reference: PyTorch runs on fixed random inputs; the outputs are kept (a few MB);
 2. trace: the TorchScript exporter writes the graph, weights over 2 GB as external data;
-   the torch UNet is freed right after;
-3. optimize (``optimize``, on by default): ONNX Runtime's transformer optimizer fuses
+3. optimize (``optimize``, on by default under 2 GB): ONNX Runtime's transformer optimizer fuses
    attention, LayerNorm and GELU (and, for CUDA, GroupNorm, BiasAdd, NHWC convolutions);
 4. fp16 (``precision="fp16"``): the graph is converted, the weights tensor by tensor;
 5. parity: ONNX Runtime runs the same inputs; if names, shapes or values disagree beyond the
@@ -42,7 +41,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, ExportError, ModelNotFoundError, ParityError, require
-from ..files import atomic_dir, check_output
+from ..files import atomic_dir, atomic_file, check_output
 from ..artifact import package_versions, resolve_unet
 from ..loading import weights_hash
 
@@ -275,9 +274,8 @@ def _rewrite_weights(model, directory: Path, convert=None) -> bool:
     Returns whether any weight is external."""
     from onnx import TensorProto
 
-    target = directory / (DATA_NAME + ".tmp")
     offset, sources = 0, set()
-    with open(target, "wb") as out:
+    with atomic_file(directory / DATA_NAME) as target, open(target, "wb") as out:
         for tensor in _initializers(model):
             info = _external(tensor)
             if info is None and len(tensor.raw_data) <= INLINE_BYTES:
@@ -300,12 +298,12 @@ def _rewrite_weights(model, directory: Path, convert=None) -> bool:
             out.write(data)
             _point(tensor, DATA_NAME, offset, len(data))
             offset += len(data)
-    for name in sources:
-        (directory / name).unlink(missing_ok=True)
+        out.close()
+        for name in sources:  # read in full: the new file replaces them (DATA_NAME itself included)
+            (directory / name).unlink(missing_ok=True)
     if offset == 0:
-        target.unlink()
+        (directory / DATA_NAME).unlink()
         return False
-    target.replace(directory / DATA_NAME)
     return True
 
 
@@ -313,9 +311,8 @@ def _save_graph(model, model_path: Path) -> None:
     """Write the graph (its weights are already where its tensors point)."""
     import onnx
 
-    tmp = model_path.with_name(model_path.name + ".tmp")
-    onnx.save(model, str(tmp))
-    tmp.replace(model_path)
+    with atomic_file(model_path) as tmp:
+        onnx.save(model, str(tmp))
 
 
 def _merge_external_data(model_path: Path) -> bool:
@@ -497,10 +494,11 @@ def export_onnx(source: str | Path, output_dir: str | Path, *, precision: str = 
         overwrite: replace an existing output (only once the new one is complete).
         optimize: fuse the graph with ONNX Runtime's transformer optimizer (attention, LayerNorm,
             GELU; with a CUDA GPU also GroupNorm, BiasAdd, NHWC convolutions) for the machine it
-            runs on (`optimization_target`). None [default]: do it, and ship the plain graph
-            instead, with the reason in ``optimization``, if the optimizer fails or its graph fails
-            parity; True: the same, but raise; False: the plain graph (for TensorRT, other
-            runtimes, and refitting every weight from a delta).
+            runs on (`optimization_target`). None [default]: do it for graphs under 2 GB, and ship
+            the plain graph instead, with the reason in ``optimization``, if the optimizer fails or
+            its graph fails parity (over 2 GB, i.e. SD scale, the plain graph: the optimizer would
+            need ~2.9x the UNet's memory); True: always, and raise on failure; False: the plain
+            graph (for TensorRT, other runtimes, and refitting every weight from a delta).
     """
     if precision not in PRECISIONS:
         raise ConfigError(f"ONNX precision must be one of {', '.join(PRECISIONS)}, got '{precision}'")
@@ -528,7 +526,12 @@ def export_onnx(source: str | Path, output_dir: str | Path, *, precision: str = 
         gc.collect()  # the weights now live in the ONNX files only
         _merge_external_data(model_path)
         optimization = None
-        if optimize is not False:
+        if optimize is None and (tmp / "unet" / DATA_NAME).is_file():
+            # Measured at SD 1.x size: the optimizer's shape inference peaks at ~2.9x the fp32 UNet
+            # (the plain export: 1.44x), so over 2 GB it runs only when asked for.
+            optimization = {"skipped": "external weights (over 2 GB): the optimizer needs ~2.9x the UNet's "
+                                       "memory at SD 1.x size; pass optimize=True (--optimize) to run it"}
+        elif optimize is not False:
             optimization, parity = _optimized(model_path, ref, precision, tolerance, raise_errors=optimize is True)
         if optimization is None or "skipped" in optimization:
             if precision == "fp16":

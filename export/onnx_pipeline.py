@@ -114,8 +114,8 @@ def export_onnx_pipeline(source: str | Path, out: str | Path, *, precision: str 
     with atomic_dir(out, overwrite=overwrite) as tmp:
         # 1. The edited UNet alone, through the SDK's parity gate; its files move into place.
         unet = export_onnx(source, tmp / ".unet", precision=precision, opset=opset)
-        (tmp / ".unet" / "unet").rename(tmp / "unet")
-        (tmp / ".unet" / METADATA_NAME).rename(tmp / METADATA_NAME)
+        for name in ("unet", METADATA_NAME):  # moves inside the atomic directory, not a publish
+            shutil.move(tmp / ".unet" / name, tmp / name)
         shutil.rmtree(tmp / ".unet")
         # 2. Everything else from the base model, with optimum's per-component export configs.
         base = load_base(manifest["base_model"])
