@@ -53,6 +53,7 @@ class ReferenceESD:
         c, g = self.config, self.generator
         sampler = self.frozen if c.sampler == "frozen" else self.unet
         losses = []
+        torch.randint(len(self.concepts), (1,), generator=g)  # the engine's per-step draw (see train_step)
         for concept in self.concepts:
             t_enc = int(torch.randint(c.ddim_steps, (1,), generator=g))
             with torch.no_grad():

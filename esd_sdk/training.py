@@ -285,6 +285,10 @@ class _Trainer:
     def train_step(self) -> float:
         """One Adam step on the mean loss of every concept, averaged over processes."""
         n = len(self.config.concepts)
+        # One draw per step, as when each step picked one random concept: a seeded single-concept
+        # erase keeps the random stream (and so the result) of earlier versions, which the toy
+        # defaults were tuned on (ESD-u's interference with the toy's square sits near a threshold).
+        torch.randint(n, (1,), generator=self.generator)
         self.optimizer.zero_grad(set_to_none=True)
         total = torch.zeros((), device=self.device)
         for k in range(n):
