@@ -275,30 +275,30 @@ def _rewrite_weights(model, directory: Path, convert=None) -> bool:
     from onnx import TensorProto
 
     offset, sources = 0, set()
-    with atomic_file(directory / DATA_NAME) as target, open(target, "wb") as out:
-        for tensor in _initializers(model):
-            info = _external(tensor)
-            if info is None and len(tensor.raw_data) <= INLINE_BYTES:
-                continue
-            if info is None:
-                data = tensor.raw_data
-            else:
-                sources.add(info["location"])
-                data = _read(directory, info)
-            if convert is not None:
-                data = convert(tensor, data)
-            if len(data) <= INLINE_BYTES:  # a scalar or a shape: keep it in the graph
-                tensor.data_location = TensorProto.DEFAULT
-                del tensor.external_data[:]
-                tensor.raw_data = data
-                continue
-            pad = -offset % 4096 if len(data) >= 2**20 else 0  # big ones page-aligned: ONNX Runtime can map them
-            out.write(b"\0" * pad)
-            offset += pad
-            out.write(data)
-            _point(tensor, DATA_NAME, offset, len(data))
-            offset += len(data)
-        out.close()
+    with atomic_file(directory / DATA_NAME) as target:
+        with open(target, "wb") as out:
+            for tensor in _initializers(model):
+                info = _external(tensor)
+                if info is None and len(tensor.raw_data) <= INLINE_BYTES:
+                    continue
+                if info is None:
+                    data = tensor.raw_data
+                else:
+                    sources.add(info["location"])
+                    data = _read(directory, info)
+                if convert is not None:
+                    data = convert(tensor, data)
+                if len(data) <= INLINE_BYTES:  # a scalar or a shape: keep it in the graph
+                    tensor.data_location = TensorProto.DEFAULT
+                    del tensor.external_data[:]
+                    tensor.raw_data = data
+                    continue
+                pad = -offset % 4096 if len(data) >= 2**20 else 0  # big ones page-aligned: ONNX Runtime can map them
+                out.write(b"\0" * pad)
+                offset += pad
+                out.write(data)
+                _point(tensor, DATA_NAME, offset, len(data))
+                offset += len(data)
         for name in sources:  # read in full: the new file replaces them (DATA_NAME itself included)
             (directory / name).unlink(missing_ok=True)
     if offset == 0:
