@@ -33,20 +33,23 @@ RESULTS = Path(__file__).parent / "results" / "robust_toy"
 
 def one(concept: str, method: str, work: Path, args) -> dict:
     base = esd_sdk.load_base("toy")
+    if args.device:
+        base.pipeline.to(args.device)
     robust = {k: v for k, v in dict(robust_tokens=args.robust_tokens, robust_attack_steps=args.robust_attack_steps,
                                     robust_every=args.robust_every).items() if v is not None}
     row = {"concept": concept, "method": method, "robust_settings": robust}
     keep = {"preserve": args.preserve or NEIGHBOURS[concept]} if args.preserve_neighbours or args.preserve else {}
     if args.preserve_weight is not None:
         keep["preserve_weight"] = args.preserve_weight
+    keep.update(args.set)  # --set KEY=VALUE: EraseConfig overrides for both variants
     variants = (("plain", keep), ("robust", {"robust": True, **robust, **keep}))
     for name, extra in [v for v in variants if v[0] in args.variants]:
         out = work / f"{name}-{concept}"
         t0 = time.perf_counter()
         result = esd_sdk.erase(base, concept, method=method, out=out, overwrite=True, progress=False, **extra)
         seconds = time.perf_counter() - t0
-        report = evaluate(out, n=args.n, update=False)
-        attacks = run_attacks(out, n=args.n, update=False, progress=False)
+        report = evaluate(out, n=args.n, update=False, base_model=base)
+        attacks = run_attacks(out, n=args.n, update=False, progress=False, base_model=base)
         s = report.summary()
         row[name] = {"erase_seconds": round(seconds, 1), "training_seconds": round(result.seconds, 1),
                      "erased": s["erased"], "erased_base": s["erased_base"], "kept": s["kept"],
@@ -80,6 +83,16 @@ def markdown(data: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _setting(text: str) -> tuple:
+    key, sep, value = text.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"'{text}' is not KEY=VALUE (e.g. steps=200)")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", action="append", choices=sorted(ERASES))
@@ -91,15 +104,19 @@ def main() -> None:
                         help="both variants hold the other concepts of the same kind with --preserve")
     parser.add_argument("--preserve", action="append", help="prompt both variants preserve (instead of all neighbours)")
     parser.add_argument("--preserve-weight", type=float)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", type=_setting,
+                        help="an EraseConfig override for both variants, e.g. steps=200 (repeatable)")
     parser.add_argument("--variants", nargs="+", default=["plain", "robust"], choices=["plain", "robust"])
+    parser.add_argument("--device", help="torch device for erases, scoring and attacks, e.g. cuda [cpu]")
     parser.add_argument("--work", type=Path, default=Path("runs/robust_toy"))
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
+    args.set = dict(args.set)
     rows = [one(c, ERASES[c], args.work, args) for c in (args.only or ERASES)]
     data = {"n": args.n, "threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine(),
             "preserve": ({c: args.preserve or NEIGHBOURS[c] for c in (args.only or ERASES)}
                          if args.preserve_neighbours or args.preserve else None),
-            "preserve_weight": args.preserve_weight,
+            "preserve_weight": args.preserve_weight, "settings": args.set,
             "rows": rows}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "robust_toy.json").write_text(json.dumps(data, indent=2) + "\n")

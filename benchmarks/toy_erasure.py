@@ -31,10 +31,22 @@ MULTI_KEEP = ["cross", "striped", "dotted"]
 ETAS = [0.25, 0.5, 1.0, 2.0, 4.0]
 
 
-def run_erase(work: Path, name: str, **settings) -> tuple[Path, float]:
+def toy_base(device: str | None = None):
+    """The toy model for erase/evaluate, on ``device`` (e.g. "cuda": erase, scoring and judge all
+    run there); ``None`` keeps the default, "toy" (each erase loads it; scoring on the CPU)."""
+    if device is None:
+        return "toy"
+    from esd_sdk import load_base
+
+    base = load_base("toy")
+    base.pipeline.to(device)
+    return base
+
+
+def run_erase(work: Path, name: str, base="toy", **settings) -> tuple[Path, float]:
     out = work / name
     t0 = time.perf_counter()
-    erase("toy", out=out, overwrite=True, progress=False, **settings)
+    erase(base, out=out, overwrite=True, progress=False, **settings)
     return out, time.perf_counter() - t0
 
 
