@@ -58,6 +58,11 @@ CONFIGS = {
     "ddim10": {"ddim_steps": 10},
     "ddim10-k4": {"ddim_steps": 10, "regenerate_every": 4},
     "ddim10-k4-b4": {"ddim_steps": 10, "regenerate_every": 4, "batch_size": 4},
+    # What `esd-sdk erase --model toy` runs (EraseConfig.for_model): its own lr, fp32, trajectories
+    # from the model being edited; "-k4" adds amortised trajectories.
+    "toy-defaults": {"ddim_steps": 10, "batch_size": 4, "lr": 2e-4, "sampler": "edited", "precision": "fp32"},
+    "toy-defaults-k4": {"ddim_steps": 10, "batch_size": 4, "lr": 2e-4, "sampler": "edited", "precision": "fp32",
+                        "regenerate_every": 4},
 }
 
 
@@ -193,7 +198,7 @@ def authors_child(args) -> dict:
                 "--iterations", str(args.iterations), "--lr", str(args.authors_lr),
                 "--num_inference_steps", str(args.ddim_steps), "--guidance_scale", str(args.guidance),
                 "--negative_guidance", str(args.eta + 1),  # their 2 is the paper's eta = 1
-                "--save_path", str(work / "authors-out"), "--device", "cpu"]
+                "--save_path", str(work / "authors-out"), "--device", args.device]
     clock.t0, clock.paused = time.perf_counter(), 0.0
     scope = runpy.run_path(str(args.peer / "esd_sd.py"), run_name="__main__")
     total = clock.elapsed()
@@ -218,7 +223,7 @@ def esd_child(args) -> dict:
     keep = set(checkpoint_steps(args.steps, args.checkpoint_every)) if args.judge else set()
     clock = Clock()
     base = load_base(args.model_dir)
-    trainer = _Trainer(base, base.unet, EraseConfig(**settings).validate(), torch.device("cpu"), None)
+    trainer = _Trainer(base, base.unet, EraseConfig(**settings).validate(), torch.device(args.device), None)
     snapshots = []
     for step in range(1, args.steps + 1):
         clock.mark()
@@ -260,7 +265,7 @@ def wait_for(path: Path, timeout_s: float = 3 * 3600) -> dict:
     return json.loads(path.read_text())
 
 
-CHILD_ARGS = {"model_dir", "peer", "work", "concept", "method", "iterations", "authors_lr", "ddim_steps", "guidance",
+CHILD_ARGS = {"device", "model_dir", "peer", "work", "concept", "method", "iterations", "authors_lr", "ddim_steps", "guidance",
               "eta", "resolution", "seed", "checkpoint_every", "judge", "steps", "lr", "settings", "name"}
 
 
@@ -269,11 +274,13 @@ CHILD_ARGS = {"model_dir", "peer", "work", "concept", "method", "iterations", "a
 class Judge:
     """The toy judge over `esd-sdk eval`'s prompt sets and sampler (erased and kept sets)."""
 
-    def __init__(self, concept: str, n: int):
+    def __init__(self, concept: str, n: int, device: str = "cpu"):
         from esd_sdk import load_base
         from esd_sdk.evaluate import measure, sampler_config, scoring_plan
 
-        self.plan = scoring_plan({}, load_base("toy"), [concept], None, None, None, 0, {})
+        base = load_base("toy")
+        base.pipeline.to(device)
+        self.plan = scoring_plan({}, base, [concept], None, None, None, 0, {})
         self.plan.sets.pop("paraphrase", None)
         self.config = sampler_config(self.plan.base, None, None)
         self.n = n
@@ -390,8 +397,8 @@ def run(args) -> dict:
                                  "eta": args.eta, "sample_guidance": args.guidance},
               "configs": {name: {**configs[name], "steps": args.steps.get(name, args.iterations)} for name in configs},
               "reused": {who: str(path) for who, path in args.reuse.items()},
-              "threads_per_side": 1, "torch": __import__("torch").__version__, "runs": []}
-    judge = Judge(args.concept, args.n) if args.judge else None
+              "threads_per_side": 1, "device": args.device, "torch": __import__("torch").__version__, "runs": []}
+    judge = Judge(args.concept, args.n, args.device) if args.judge else None
     if judge:
         report["judge"] = {"n_per_prompt": args.n, "base": judge.base, "sets": ["erased", "kept"]}
     for rep in reps:
@@ -518,6 +525,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--resolution", type=int, default=None, help="image size of the trajectories [the model's]")
     p.add_argument("--repeats", type=int, default=1, help="interleaved repetitions [1]")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="torch device of both sides and the judge, e.g. cuda [cpu]")
     p.add_argument("--checkpoint-every", type=int, default=None, help="steps between judged checkpoints [iterations/8]")
     p.add_argument("-n", type=int, default=8, help="judge images per prompt [8]")
     p.add_argument("--target-erased", type=float, default=None, help="erased rate to reach [the authors' at the end]")

@@ -119,17 +119,24 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nothing listens on now, for servers that cannot bind port 0 and report it
+    (accelerate's rendezvous, Triton)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
 def launch(args: list[str], processes: int) -> int:
     """Run ``python -m esd_sdk ARGS`` in ``processes`` processes on this machine with accelerate
     launch; return its exit status. Ctrl-C reaches the launcher, which forwards it to every process:
     they stop at the end of the same step and rank 0 saves the checkpoint."""
-    import socket
     import subprocess
     import sys
 
-    with socket.socket() as s:  # a free port for the rendezvous, so that several runs can share a machine
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()  # for the rendezvous, so that several runs can share a machine
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
                "--main_process_port", str(port), "-m", "esd_sdk", *args]

@@ -64,7 +64,6 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import sysconfig
@@ -79,6 +78,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..distributed import free_port
 from ..errors import ConfigError, MissingDependencyError, TritonError
 from ..files import atomic_dir, check_output
 
@@ -273,13 +273,6 @@ class TritonPythonModel:
 
 
 # --- running the server here ----------------------------------------------------------------
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port nothing listens on now (Triton cannot bind port 0 and report it)."""
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
 
 def triton_bundle() -> Path:
     """The directory of the server binaries that nvidia-pytriton bundles (its tritonserver/)."""

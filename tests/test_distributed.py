@@ -17,7 +17,7 @@ from esd_sdk.artifact import load_edited_unet, partial_dir
 from esd_sdk.config import EraseConfig
 from esd_sdk.errors import ConfigError
 from esd_sdk.training import _Trainer, train
-from esd_sdk.distributed import Processes
+from esd_sdk.distributed import Processes, free_port
 
 # Two concepts and reused trajectories: the checkpoint gathers each process's slice of them.
 SETTINGS = dict(concepts=["circle", "square"], method="x", lr=1e-3, ddim_steps=4, regenerate_every=2)
@@ -68,7 +68,7 @@ def test_two_processes_match_one_with_the_same_global_batch_and_resume_after_ctr
     steps = stopped + 2
     resumed = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                              "--main_process_port", str(_free_port()), "-m", "esd_sdk", "erase", "--model", str(tiny_sd),
+                              "--main_process_port", str(free_port()), "-m", "esd_sdk", "erase", "--model", str(tiny_sd),
                               "--out", str(out), "--steps", str(steps), "--resume", *ARGS],
                              env=env, capture_output=True, text=True, timeout=180)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
@@ -83,14 +83,6 @@ def test_two_processes_match_one_with_the_same_global_batch_and_resume_after_ctr
     edited = dict(load_edited_unet(out).named_parameters())
     for name in single.selection.tensors:
         torch.testing.assert_close(edited[name], dict(single.unet.named_parameters())[name], rtol=1e-4, atol=1e-6)
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_robust_esd_refuses_several_processes(tiny_sd):
