@@ -17,7 +17,9 @@ rusage when it exits), in order, sharing a work directory:
 - ``serve``: one image through `Text2ImagePipeline` on the fp32 ONNX export (ONNX Runtime, CPU).
 
 Peak memory is reported against the fp32 UNet's size (parameters x 4 bytes): the export goal
-is <= 1.5x. Writes benchmarks/results/scale_<size>.json and .md. Not part of CI (too slow).
+is <= 1.5x. Two peaks per stage: peak RSS (wait4's ru_maxrss, which also counts the file-backed
+pages of weights files mapped while they are read) and peak anonymous memory (RssAnon sampled
+every 50 ms: what the process must own; file pages can be dropped under memory pressure). Writes benchmarks/results/scale_<size>.json and .md. Not part of CI (too slow).
 """
 
 from __future__ import annotations
@@ -99,6 +101,34 @@ def stage(name: str, size: str, work: Path) -> dict:
     raise ValueError(name)
 
 
+class _AnonPeak:
+    """The highest RssAnon of a process, sampled every 50 ms from /proc: the memory it must own.
+
+    ``ru_maxrss`` also counts file-backed pages (a safetensors or ONNX weights file mapped while
+    it is read), which the kernel can drop under pressure; both peaks are reported."""
+
+    def __init__(self, pid: int):
+        import threading
+
+        self.path, self.peak_kib, self.done = f"/proc/{pid}/status", 0, threading.Event()
+        self.thread = threading.Thread(target=self._poll, daemon=True)
+        self.thread.start()
+
+    def _poll(self) -> None:
+        while not self.done.wait(0.05):
+            try:
+                with open(self.path) as f:
+                    kib = next((int(line.split()[1]) for line in f if line.startswith("RssAnon:")), 0)
+            except (OSError, ValueError):
+                continue
+            self.peak_kib = max(self.peak_kib, kib)
+
+    def stop(self) -> int:
+        self.done.set()
+        self.thread.join()
+        return self.peak_kib
+
+
 def run(size: str, stages: list[str], work: Path) -> dict:
     """Each stage in a child process, in order; a failed stage is recorded and stops the run."""
     report = {"size": size, "machine": {"cpu": platform.processor() or platform.machine(), "cpus": os.cpu_count()},
@@ -107,10 +137,11 @@ def run(size: str, stages: list[str], work: Path) -> dict:
         result = work / f"{name}.json"
         t0 = time.perf_counter()
         proc = subprocess.Popen([sys.executable, __file__, "--size", size, "--stage", name, "--work", str(work)])
+        anon = _AnonPeak(proc.pid)
         _, status, usage = os.wait4(proc.pid, 0)
         seconds = time.perf_counter() - t0
         entry = {"seconds": round(seconds, 1), "peak_rss_gib": round(usage.ru_maxrss / 2**20, 2),
-                 "exit": os.waitstatus_to_exitcode(status)}
+                 "peak_anon_gib": round(anon.stop() / 2**20, 2), "exit": os.waitstatus_to_exitcode(status)}
         if result.is_file():
             entry.update(json.loads(result.read_text()))
         report["stages"][name] = entry
@@ -125,13 +156,16 @@ def run(size: str, stages: list[str], work: Path) -> dict:
         report["unet_fp32_gib"] = round(params * 4 / 2**30, 2)
         for e in report["stages"].values():
             e["peak_over_fp32_unet"] = round(e["peak_rss_gib"] / report["unet_fp32_gib"], 2)
+            if "peak_anon_gib" in e:
+                e["anon_over_fp32_unet"] = round(e["peak_anon_gib"] / report["unet_fp32_gib"], 2)
     return report
 
 
 def markdown(report: dict) -> str:
     lines = [f"# Scale: {report['size']} UNet ({report.get('unet_params', 0) / 1e6:.1f} M parameters, "
              f"fp32 {report.get('unet_fp32_gib', '?')} GiB), random weights", "",
-             "| stage | seconds | peak RSS GiB | peak / fp32 UNet | notes |", "|---|---|---|---|---|"]
+             "| stage | seconds | peak RSS GiB | peak / fp32 UNet | peak anonymous GiB | anonymous / fp32 UNet | notes |",
+             "|---|---|---|---|---|---|---|"]
     for name, e in report["stages"].items():
         notes = []
         if "parity_max_abs_diff" in e:
@@ -143,7 +177,7 @@ def markdown(report: dict) -> str:
         if e["exit"]:
             notes.append(f"exit {e['exit']}")
         lines.append(f"| {name} | {e['seconds']:.0f} | {e['peak_rss_gib']:.2f} | {e.get('peak_over_fp32_unet', '-')}x | "
-                     f"{'; '.join(notes)} |")
+                     f"{e.get('peak_anon_gib', '-')} | {e.get('anon_over_fp32_unet', '-')}x | {'; '.join(notes)} |")
     return "\n".join(lines) + "\n"
 
 

@@ -414,6 +414,9 @@ def run(args) -> dict:
                 curve = _curve(got, judge)
                 e["curve"] = [p.__dict__ for p in curve]
                 e["equal_erasure"] = equal_erasure(curve_a, curve, args.target_erased, args.kept_tolerance)
+                # and the authors' best erasure (their lowest erased rate at any checkpoint)
+                best = min(p.erased for p in curve_a[1:])
+                e["equal_erasure_best"] = equal_erasure(curve_a, curve, best, args.kept_tolerance)
                 print(f"seed {rep['seed']} {name}: {e['equal_erasure']}", flush=True)
             entry["esd_sdk"][name] = e
         report["runs"].append(entry)
@@ -443,6 +446,9 @@ def _summary(report: dict) -> dict:
             ratios = [e["equal_erasure"]["ratio"] for e in entries]
             s["equal_erasure_ratios"] = ratios
             s["equal_erasure_ratio_median"] = statistics.median(ratios) if None not in ratios else None
+            best = [e["equal_erasure_best"]["ratio"] for e in entries]
+            s["equal_erasure_best_ratios"] = best
+            s["equal_erasure_best_ratio_median"] = statistics.median(best) if None not in best else None
             s["final_erased"] = [e["curve"][-1]["erased"] for e in entries]
             s["final_kept"] = [e["curve"][-1]["kept"] for e in entries]
         out[name] = s
@@ -459,7 +465,7 @@ def markdown(report: dict) -> str:
     judged = "judge" in report
     head = "| esd-sdk configuration | steps | s/step esd-sdk / authors | per-step speed-up |"
     if judged:
-        head += " erased / kept at the end (esd-sdk) | erased / kept at the end (authors) | time to the authors' erasure, authors / esd-sdk | ratio |"
+        head += " erased / kept at the end (esd-sdk) | erased / kept at the end (authors) | time to the authors' erasure, authors / esd-sdk | ratio | the same for the authors' best erasure | ratio |"
     lines += [head, "|" + " --- |" * (head.count("|") - 1)]
     for name, s in report["summary"].items():
         cfg = report["configs"][name]
@@ -476,11 +482,15 @@ def markdown(report: dict) -> str:
                     f" {' ; '.join(pct(f['erased']) + ' / ' + pct(f['kept']) for f in fin_a)} |"
                     f" {' ; '.join(_fmt_s(e['authors_s']) + ' / ' + _fmt_s(e['esd_sdk_s']) for e in ee)} |"
                     f" **{' ; '.join(_fmt_ratio(e) for e in ee)}** |")
+            eb = [r["esd_sdk"][name]["equal_erasure_best"] for r in runs]
+            row += (f" {' ; '.join(pct(e['target_erased']) + ': ' + _fmt_s(e['authors_s']) + ' / ' + _fmt_s(e['esd_sdk_s']) for e in eb)} |"
+                    f" **{' ; '.join(_fmt_ratio(e) for e in eb)}** |")
         lines.append(row)
     if judged:
         base = report["judge"]["base"]
         lines += ["", f"Judge: {report['judge']['n_per_prompt']} images per prompt; base model erased {100 * base['erased']:.0f}%, "
-                  f"kept {100 * base['kept']:.0f}%. Target: the authors' erased rate at the end of their run, "
+                  f"kept {100 * base['kept']:.0f}%. Target: the authors' erased rate at the end of their run (or their "
+                  "best: the lowest at any checkpoint), "
                   f"kept rate at least theirs minus {100 * report.get('kept_tolerance', 0.05):.0f} pts. "
                   "Values per repetition separated by ';'.", "",
                   "Erasure against time (step: seconds, erased / kept):", ""]

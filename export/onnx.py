@@ -121,9 +121,15 @@ def _onnx_config(unet, precision: str):
     return BatchedTimestepUNetOnnxConfig(unet.config, task="semantic-segmentation", float_dtype="fp32")
 
 
+# Latent side of the parity inputs: the model's own, capped at 32. Height and width are dynamic
+# axes, so a smaller latent checks the same weights and graph; at SD 1.x's 64x64 the activations
+# (4096-token self-attention) would take ~2.5 GB of the parity run, more than the weights.
+PARITY_LATENT_SIZE = 32
+
+
 def _dummy_inputs(unet, batch: int, seq: int, seed: int = 0) -> dict[str, np.ndarray]:
     g = torch.Generator().manual_seed(seed)
-    size = unet.config.sample_size
+    size = min(unet.config.sample_size, PARITY_LATENT_SIZE)
     inputs = {
         "sample": torch.randn(batch, unet.config.in_channels, size, size, generator=g),
         "timestep": torch.linspace(999, 1, batch),
@@ -159,7 +165,7 @@ def _reference(unet, batch: int = 2, seq: int = 16) -> _Reference:
     inputs = _dummy_inputs(unet, batch, seq)
     t0 = time.perf_counter()
     expected = _torch_forward(unet, inputs)
-    return _Reference(inputs, expected, time.perf_counter() - t0, unet.config.sample_size)
+    return _Reference(inputs, expected, time.perf_counter() - t0, inputs["sample"].shape[-1])
 
 
 def _compare(ref: _Reference, model_path: Path, precision: str, tolerance: float | None = None,
@@ -169,9 +175,14 @@ def _compare(ref: _Reference, model_path: Path, precision: str, tolerance: float
     ort = require("onnxruntime", "onnx")
     tolerance = TOLERANCES[precision] if tolerance is None else tolerance
     options = ort.SessionOptions()
-    # One run: no arena kept for reuse, no pre-packed second copy of every weight.
+    # One run: no arena kept for reuse, no pre-packed second copy of every weight, and basic graph
+    # optimizations only. ONNX Runtime maps the external weights file and uses it in place; the
+    # extended/layout levels rewrite every convolution weight (NCHWc), a second copy of the
+    # weights (SD 1.x: +2.4 GB). The gate checks the exported graph; those runtime rewrites are the
+    # serving session's (which runs them).
     options.enable_cpu_mem_arena = False
     options.add_session_config_entry("session.disable_prepacking", "1")
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if provider == "cuda" else ["CPUExecutionProvider"]
     session = ort.InferenceSession(str(model_path), options, providers=providers)
     problems = []
