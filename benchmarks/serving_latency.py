@@ -3,6 +3,7 @@ mid-size UNet, and a GPU mode for the SD 1.x UNet architecture.
 
     python benchmarks/serving_latency.py                     # CPU: toy and mid-size (51M) UNet, torch vs onnxruntime
     python benchmarks/serving_latency.py --only toy --edited runs/demo/erased-circle
+    python benchmarks/serving_latency.py --only mid --runs 30 --e2e-runs 3 --repeat 3   # ORT/torch over 3 runs
     python benchmarks/serving_latency.py --mode gpu          # CUDA: SD 1.x UNet, 512x512, batch 2 (~1.5 min on an H200)
 
 CPU mode: each model gets a short ESD erase (the latency of a folded UNet does not depend on how
@@ -54,12 +55,33 @@ def cpu(args) -> None:
             mid = build_random_sd(tmp / "mid", unet_config=mid_unet_config())
             jobs["mid"] = quick_erase(mid, tmp / "mid-edited", "x")
         for name, edited in jobs.items():
-            t0 = time.perf_counter()
-            report = benchmark(edited, ["torch", "onnxruntime"], runs=args.runs, e2e_runs=args.e2e_runs,
-                               steps=args.steps, out=RESULTS / f"serving_latency_{name}",
-                               work_dir=tmp / f"{name}-exports")
-            print(report.markdown())
-            print(f"{name}: {time.perf_counter() - t0:.0f} s")
+            out = RESULTS / f"serving_latency_{name}"
+            ratios = []
+            for i in range(args.repeat):  # each repeat: fresh sessions and a fresh export
+                t0 = time.perf_counter()
+                report = benchmark(edited, ["torch", "onnxruntime"], runs=args.runs, e2e_runs=args.e2e_runs,
+                                   steps=args.steps, out=out if args.repeat == 1 else out / f"run{i + 1}",
+                                   work_dir=tmp / f"{name}-exports-{i}")
+                print(report.markdown())
+                print(f"{name}: {time.perf_counter() - t0:.0f} s")
+                step = report.backends["onnxruntime"]["unet_step"]
+                ratios.append({"run": i + 1, "torch_p50_ms": step["unedited"]["p50_ms"] / step["vs_torch"],
+                               "onnxruntime_p50_ms": step["unedited"]["p50_ms"], "ort_over_torch": step["vs_torch"]})
+            if args.repeat > 1:
+                _write_repeats(out, name, ratios)
+
+
+def _write_repeats(out: Path, name: str, ratios: list[dict]) -> None:
+    """ONNX Runtime / torch UNet-step p50 (unedited) of each repeat, and their spread."""
+    values = [r["ort_over_torch"] for r in ratios]
+    summary = {"model": name, "runs": ratios, "median": statistics.median(values), "min": min(values), "max": max(values)}
+    (out / "ort_vs_torch.json").write_text(json.dumps(summary, indent=2) + "\n")
+    lines = ["| run | torch UNet step p50 | ONNX Runtime p50 | ORT / torch |", "| --- | --- | --- | --- |"]
+    lines += [f"| {r['run']} | {r['torch_p50_ms']:.1f} ms | {r['onnxruntime_p50_ms']:.1f} ms | {r['ort_over_torch']:.2f}x |"
+              for r in ratios]
+    lines.append(f"| median (min-max) | | | **{summary['median']:.2f}x** ({summary['min']:.2f}-{summary['max']:.2f}) |")
+    (out / "ort_vs_torch.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
 
 
 GPU_VARIANTS = (("torch eager fp32", "fp32", False), ("torch eager fp16", "fp16", False),
@@ -184,6 +206,7 @@ def main() -> None:
     parser.add_argument("--edited", help="toy: an existing erase output instead of a quick erase")
     parser.add_argument("--runs", type=int, default=60)
     parser.add_argument("--e2e-runs", type=int, default=12)
+    parser.add_argument("--repeat", type=int, default=1, help="CPU: whole benchmarks per model (ORT/torch spread) [1]")
     parser.add_argument("--steps", type=int, default=10, help="denoising steps end to end")
     parser.add_argument("--gpu-runs", type=int, default=50)
     parser.add_argument("--gpu-warmup", type=int, default=5)
