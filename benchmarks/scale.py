@@ -177,7 +177,8 @@ def markdown(report: dict) -> str:
         if e["exit"]:
             notes.append(f"exit {e['exit']}")
         lines.append(f"| {name} | {e['seconds']:.0f} | {e['peak_rss_gib']:.2f} | {e.get('peak_over_fp32_unet', '-')}x | "
-                     f"{e.get('peak_anon_gib', '-')} | {e.get('anon_over_fp32_unet', '-')}x | {'; '.join(notes)} |")
+                     f"{e.get('peak_anon_gib', '-')} | {str(e['anon_over_fp32_unet']) + 'x' if 'anon_over_fp32_unet' in e else '-'} | "
+                     f"{'; '.join(notes)} |")
     return "\n".join(lines) + "\n"
 
 
@@ -201,7 +202,13 @@ def main() -> None:
     stages = args.stages.split(",") if args.stages else list(default)
     report = run(args.size, stages, work)
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"scale_{args.size}.json").write_text(json.dumps(report, indent=2) + "\n")
+    path = RESULTS / f"scale_{args.size}.json"
+    if path.is_file() and args.stages:  # a subset re-run: keep the other stages' last figures
+        earlier = json.loads(path.read_text())
+        report["stages"] = {**{k: v for k, v in earlier.get("stages", {}).items() if k not in report["stages"]},
+                            **report["stages"]}
+        report["stages"] = {k: report["stages"][k] for k in STAGES if k in report["stages"]}
+    path.write_text(json.dumps(report, indent=2) + "\n")
     (RESULTS / f"scale_{args.size}.md").write_text(markdown(report))
     print(markdown(report))
 
