@@ -115,3 +115,12 @@ def test_cli_needs_a_concept(tiny_sd, tmp_path):
     result = CliRunner().invoke(cli, ["erase", "--model", str(tiny_sd), "--out", str(tmp_path / "x")])
     assert result.exit_code == 2 and "--concepts-file" in result.output
     assert not (tmp_path / "x").exists()
+
+
+def test_default_steps_grow_with_the_number_of_concepts():
+    # ceil(sqrt(N)) times one concept's steps, unless the caller sets --steps
+    assert EraseConfig.for_model("toy", "circle", method="x").steps == 100
+    assert EraseConfig.for_model("toy", ["circle", "square"], method="x").steps == 200
+    assert EraseConfig.for_model("toy", ["circle", "square", "triangle", "cross", "plain"], method="u").steps == 300
+    assert EraseConfig.for_model("sd1", [f"artist {i}" for i in range(50)], method="x").steps == 8000
+    assert EraseConfig.for_model("toy", ["circle", "square"], method="x", steps=7).steps == 7
