@@ -3,6 +3,7 @@ what does it cost the kept concepts, and how much longer does it take?
 
     python benchmarks/robust_toy.py                              # ESD-u "circle" and ESD-x "striped"
     python benchmarks/robust_toy.py --only circle --robust-every 2 --robust-attack-steps 10
+    python benchmarks/robust_toy.py --only circle --preserve square --timing 1x5 1x10   # erase time only
 
 For each erase, plain and robust are trained back to back from the same base and seed (the erase
 time ratio is measured side by side, in one process), then scored the same way:
@@ -62,6 +63,45 @@ def one(concept: str, method: str, work: Path, args) -> dict:
     return row
 
 
+def timing(args) -> dict:
+    """Erase time only (no scoring): plain ESD against robust ESD at each EVERYxSTEPS setting,
+    alternating order round by round, the same base and seed; medians and ratios to plain."""
+    import statistics
+    import tempfile
+
+    concept = (args.only or ["circle"])[0]
+    base = esd_sdk.load_base("toy")
+    if args.device:
+        base.pipeline.to(args.device)
+    keep = {"preserve": args.preserve} if args.preserve else {}
+    variants = {"plain": {}}
+    for spec in args.timing:
+        every, steps = (int(v) for v in spec.lower().split("x"))
+        variants[f"robust {every}x{steps}"] = {"robust": True, "robust_every": every, "robust_attack_steps": steps}
+    seconds: dict[str, list[float]] = {name: [] for name in variants}
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(args.rounds):
+            for name in (list(variants) if r % 2 == 0 else list(variants)[::-1]):
+                result = esd_sdk.erase(base, concept, method=ERASES[concept], out=Path(tmp) / "edit", overwrite=True,
+                                       progress=False, **keep, **args.set, **variants[name])
+                seconds[name].append(result.seconds)
+                print(f"round {r + 1} {name}: {result.seconds:.1f}s", flush=True)
+    median = {name: statistics.median(v) for name, v in seconds.items()}
+    data = {"concept": concept, "method": ERASES[concept], "preserve": args.preserve, "settings": args.set,
+            "threads": torch.get_num_threads(), "rounds": args.rounds, "seconds": seconds,
+            "ratio_to_plain": {name: median[name] / median["plain"] for name in variants}}
+    lines = [f"Erase time only, toy, ESD-{data['method']} \"{concept}\"{' --preserve ' + ' '.join(args.preserve) if args.preserve else ''}, "
+             f"{args.rounds} alternating round(s), {data['threads']} torch thread(s).", "",
+             "| variant | seconds (each round) | median | x plain |", "| --- | --- | --- | --- |"]
+    lines += [f"| {name} | {', '.join(f'{v:.1f}' for v in seconds[name])} | {median[name]:.1f} | "
+              f"**{data['ratio_to_plain'][name]:.2f}x** |" for name in variants]
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "robust_timing.json").write_text(json.dumps(data, indent=2) + "\n")
+    (args.out / "robust_timing.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return data
+
+
 def markdown(data: dict) -> str:
     pct = lambda v: "n/a" if v is None else f"{100 * v:.1f}%"  # noqa: E731
     frac = pct
@@ -106,12 +146,18 @@ def main() -> None:
     parser.add_argument("--preserve-weight", type=float)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", type=_setting,
                         help="an EraseConfig override for both variants, e.g. steps=200 (repeatable)")
+    parser.add_argument("--timing", nargs="+", metavar="EVERYxSTEPS",
+                        help="time the erases only (no scoring): plain vs robust at each setting, e.g. 1x5 1x10")
+    parser.add_argument("--rounds", type=int, default=2, help="--timing: alternating rounds [2]")
     parser.add_argument("--variants", nargs="+", default=["plain", "robust"], choices=["plain", "robust"])
     parser.add_argument("--device", help="torch device for erases, scoring and attacks, e.g. cuda [cpu]")
     parser.add_argument("--work", type=Path, default=Path("runs/robust_toy"))
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     args.set = dict(args.set)
+    if args.timing:
+        timing(args)
+        return
     rows = [one(c, ERASES[c], args.work, args) for c in (args.only or ERASES)]
     data = {"n": args.n, "threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine(),
             "preserve": ({c: args.preserve or NEIGHBOURS[c] for c in (args.only or ERASES)}
