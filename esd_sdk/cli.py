@@ -187,7 +187,7 @@ def _slug(text: str) -> str:
 @click.option("--robust", is_flag=True, default=None,
               help="Robust ESD: train against an embedding attack run inside the loop (see esd-sdk attack).")
 @click.option("--robust-tokens", type=int, help="Robust: learned vectors in the adversarial prompt [6].")
-@click.option("--robust-attack-steps", type=int, help="Robust: inner attack steps per refresh [5].")
+@click.option("--robust-attack-steps", type=int, help="Robust: inner attack steps per refresh [10].")
 @click.option("--robust-every", type=int, help="Robust: steps between refreshes of the adversarial prompt [1].")
 @click.option("--device", help="torch device [cuda if available, else cpu].")
 @click.option("--processes", type=click.IntRange(min=1), default=1, show_default=True,
