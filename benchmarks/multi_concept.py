@@ -27,7 +27,7 @@ import argparse
 import json
 from pathlib import Path
 
-from toy_erasure import run_erase, scored, toy_base
+from toy_erasure import run_erase, scored, setting, toy_base
 
 EXPERIMENTS = {
     "single-u": dict(concepts=["circle"], method="u"),
@@ -76,13 +76,6 @@ def timing(out: Path, rounds: int = 3) -> dict:
     return result
 
 
-def parse_value(text: str):
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
-
-
 def verdict(entry: dict) -> dict:
     rows = entry["rows"]
     erased = {r["key"]: r["edited"] for r in rows if r["prompt_set"] == "erased"}
@@ -112,20 +105,18 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--only", choices=["objects", "objects-u", "textures", "timing"], action="append", help="experiments [all]")
     p.add_argument("-n", type=int, default=4, help="images per prompt")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", type=setting,
                    help="an EraseConfig override for the multi-concept erases, e.g. steps=200")
     p.add_argument("--name", help="run name suffix [the experiment's]")
     p.add_argument("--no-single", action="store_true", help="skip the single-concept erase (no time ratio)")
-    p.add_argument("--device", help="run erases and scoring on this torch device, e.g. cuda [erase: cuda if "
-                   "available; scoring: cpu]")
+    p.add_argument("--device", help="run erases and scoring on this torch device, e.g. cuda [cpu]")
     p.add_argument("--work", type=Path, default=Path("runs/multi_concept"), help="erase outputs")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/multi_concept"))
     args = p.parse_args()
-    overrides = {k: parse_value(v) for k, v in (s.split("=", 1) for s in args.set)}
+    overrides = dict(args.set)
     args.out.mkdir(parents=True, exist_ok=True)
     summary_path = args.out / "multi_concept.json"
     base = toy_base(args.device)
-    scoring = {} if args.device is None else {"base_model": base}
 
     def record(entry: dict) -> None:  # re-read first: experiments may run in parallel processes
         entries = json.loads(summary_path.read_text()) if summary_path.is_file() else []
@@ -142,11 +133,11 @@ def main() -> None:
         single_seconds = None
         if not args.no_single:
             artifact, single_seconds = run_erase(args.work, single, base, **EXPERIMENTS[single])
-            entry = scored(single, artifact, single_seconds, args.out, args.n, **scoring)
+            entry = scored(single, artifact, single_seconds, args.out, args.n, base_model=base)
             record({**entry, "verdict": verdict(entry)})
         run_name = args.name or name
         artifact, seconds = run_erase(args.work, run_name, base, **{**spec, **overrides})
-        entry = scored(run_name, artifact, seconds, args.out, args.n, keep=keep, **scoring)
+        entry = scored(run_name, artifact, seconds, args.out, args.n, keep=keep, base_model=base)
         ratio = seconds / single_seconds if single_seconds else None
         record({**entry, "verdict": verdict(entry), "time_ratio": ratio, "single_seconds": single_seconds})
         print(json.dumps({"name": run_name, **verdict(entry), "time_ratio": ratio}), flush=True)

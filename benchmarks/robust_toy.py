@@ -26,23 +26,26 @@ import torch
 import esd_sdk
 from esd_sdk.attack import run_attacks
 from esd_sdk.evaluate import evaluate
+from toy_erasure import setting, toy_base
 
 ERASES = {"circle": "u", "striped": "x"}
 NEIGHBOURS = {"circle": ["square", "triangle", "cross"], "striped": ["dotted"]}  # held by --preserve-neighbours
 RESULTS = Path(__file__).parent / "results" / "robust_toy"
 
 
-def one(concept: str, method: str, work: Path, args) -> dict:
-    base = esd_sdk.load_base("toy")
-    if args.device:
-        base.pipeline.to(args.device)
-    robust = {k: v for k, v in dict(robust_tokens=args.robust_tokens, robust_attack_steps=args.robust_attack_steps,
-                                    robust_every=args.robust_every).items() if v is not None}
-    row = {"concept": concept, "method": method, "robust_settings": robust}
+def shared_settings(concept: str, args) -> dict:
+    """The settings plain and robust share: --preserve(-neighbours), --preserve-weight, --set."""
     keep = {"preserve": args.preserve or NEIGHBOURS[concept]} if args.preserve_neighbours or args.preserve else {}
     if args.preserve_weight is not None:
         keep["preserve_weight"] = args.preserve_weight
-    keep.update(args.set)  # --set KEY=VALUE: EraseConfig overrides for both variants
+    return {**keep, **args.set}
+
+
+def one(base, concept: str, method: str, work: Path, args) -> dict:
+    robust = {k: v for k, v in dict(robust_tokens=args.robust_tokens, robust_attack_steps=args.robust_attack_steps,
+                                    robust_every=args.robust_every).items() if v is not None}
+    row = {"concept": concept, "method": method, "robust_settings": robust}
+    keep = shared_settings(concept, args)
     variants = (("plain", keep), ("robust", {"robust": True, **robust, **keep}))
     for name, extra in [v for v in variants if v[0] in args.variants]:
         out = work / f"{name}-{concept}"
@@ -63,17 +66,14 @@ def one(concept: str, method: str, work: Path, args) -> dict:
     return row
 
 
-def timing(args) -> dict:
+def timing(base, args) -> dict:
     """Erase time only (no scoring): plain ESD against robust ESD at each EVERYxSTEPS setting,
     alternating order round by round, the same base and seed; medians and ratios to plain."""
     import statistics
     import tempfile
 
     concept = (args.only or ["circle"])[0]
-    base = esd_sdk.load_base("toy")
-    if args.device:
-        base.pipeline.to(args.device)
-    keep = {"preserve": args.preserve} if args.preserve else {}
+    keep = shared_settings(concept, args)
     variants = {"plain": {}}
     for spec in args.timing:
         every, steps = (int(v) for v in spec.lower().split("x"))
@@ -83,14 +83,14 @@ def timing(args) -> dict:
         for r in range(args.rounds):
             for name in (list(variants) if r % 2 == 0 else list(variants)[::-1]):
                 result = esd_sdk.erase(base, concept, method=ERASES[concept], out=Path(tmp) / "edit", overwrite=True,
-                                       progress=False, **keep, **args.set, **variants[name])
+                                       progress=False, **keep, **variants[name])
                 seconds[name].append(result.seconds)
                 print(f"round {r + 1} {name}: {result.seconds:.1f}s", flush=True)
     median = {name: statistics.median(v) for name, v in seconds.items()}
-    data = {"concept": concept, "method": ERASES[concept], "preserve": args.preserve, "settings": args.set,
+    data = {"concept": concept, "method": ERASES[concept], "preserve": keep.get("preserve"), "settings": keep,
             "threads": torch.get_num_threads(), "rounds": args.rounds, "seconds": seconds,
             "ratio_to_plain": {name: median[name] / median["plain"] for name in variants}}
-    lines = [f"Erase time only, toy, ESD-{data['method']} \"{concept}\"{' --preserve ' + ' '.join(args.preserve) if args.preserve else ''}, "
+    lines = [f"Erase time only, toy, ESD-{data['method']} \"{concept}\"{' --preserve ' + ' '.join(keep['preserve']) if keep.get('preserve') else ''}, "
              f"{args.rounds} alternating round(s), {data['threads']} torch thread(s).", "",
              "| variant | seconds (each round) | median | x plain |", "| --- | --- | --- | --- |"]
     lines += [f"| {name} | {', '.join(f'{v:.1f}' for v in seconds[name])} | {median[name]:.1f} | "
@@ -123,16 +123,6 @@ def markdown(data: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _setting(text: str) -> tuple:
-    key, sep, value = text.partition("=")
-    if not sep:
-        raise argparse.ArgumentTypeError(f"'{text}' is not KEY=VALUE (e.g. steps=200)")
-    try:
-        return key, json.loads(value)
-    except json.JSONDecodeError:
-        return key, value
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", action="append", choices=sorted(ERASES))
@@ -144,7 +134,7 @@ def main() -> None:
                         help="both variants hold the other concepts of the same kind with --preserve")
     parser.add_argument("--preserve", action="append", help="prompt both variants preserve (instead of all neighbours)")
     parser.add_argument("--preserve-weight", type=float)
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", type=_setting,
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", type=setting,
                         help="an EraseConfig override for both variants, e.g. steps=200 (repeatable)")
     parser.add_argument("--timing", nargs="+", metavar="EVERYxSTEPS",
                         help="time the erases only (no scoring): plain vs robust at each setting, e.g. 1x5 1x10")
@@ -155,10 +145,11 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     args.set = dict(args.set)
+    base = toy_base(args.device)
     if args.timing:
-        timing(args)
+        timing(base, args)
         return
-    rows = [one(c, ERASES[c], args.work, args) for c in (args.only or ERASES)]
+    rows = [one(base, c, ERASES[c], args.work, args) for c in (args.only or ERASES)]
     data = {"n": args.n, "threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine(),
             "preserve": ({c: args.preserve or NEIGHBOURS[c] for c in (args.only or ERASES)}
                          if args.preserve_neighbours or args.preserve else None),

@@ -32,18 +32,30 @@ ETAS = [0.25, 0.5, 1.0, 2.0, 4.0]
 
 
 def toy_base(device: str | None = None):
-    """The toy model for erase/evaluate, on ``device`` (e.g. "cuda": erase, scoring and judge all
-    run there); ``None`` keeps the default, "toy" (each erase loads it; scoring on the CPU)."""
-    if device is None:
-        return "toy"
+    """The toy model, loaded once for every erase and scoring of a run, on ``device`` if given
+    (e.g. "cuda": erases, scoring and the judge all run there)."""
     from esd_sdk import load_base
 
     base = load_base("toy")
-    base.pipeline.to(device)
+    if device:
+        base.pipeline.to(device)
     return base
 
 
-def run_erase(work: Path, name: str, base="toy", **settings) -> tuple[Path, float]:
+def setting(text: str) -> tuple[str, object]:
+    """argparse type of ``--set KEY=VALUE`` (an EraseConfig override; VALUE read as JSON when it parses)."""
+    import argparse
+
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"'{text}' is not KEY=VALUE (e.g. steps=200)")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
+def run_erase(work: Path, name: str, base, **settings) -> tuple[Path, float]:
     out = work / name
     t0 = time.perf_counter()
     erase(base, out=out, overwrite=True, progress=False, **settings)
@@ -86,16 +98,17 @@ def main() -> None:
         summary_path.write_text(json.dumps(entries, indent=2) + "\n")
         (args.out / "toy_erasure.md").write_text(markdown(entries, args.n))
 
+    base = toy_base()
     if "single" in only or "sweep" in only:
         for concept, method in SINGLE if "single" in only else SINGLE[:1]:
             name = f"esd-{method}-{concept}"
-            artifact, seconds = run_erase(args.work, name, concepts=[concept], method=method)
-            record(scored(name, artifact, seconds, args.out, args.n))
+            artifact, seconds = run_erase(args.work, name, base, concepts=[concept], method=method)
+            record(scored(name, artifact, seconds, args.out, args.n, base_model=base))
     if "multi" in only:
         for preserve in ([], MULTI_KEEP):
             name = "esd-u-circle+square+triangle" + ("-preserve" if preserve else "")
-            artifact, seconds = run_erase(args.work, name, concepts=MULTI, method="u", preserve=preserve)
-            record(scored(name, artifact, seconds, args.out, args.n, keep=MULTI_KEEP))
+            artifact, seconds = run_erase(args.work, name, base, concepts=MULTI, method="u", preserve=preserve)
+            record(scored(name, artifact, seconds, args.out, args.n, keep=MULTI_KEEP, base_model=base))
     if "sweep" in only:
         report = sweep(args.work / "esd-u-circle", args.eta or ETAS, n=args.n, output_dir=args.out / "sweep-esd-u-circle")
         print(report.markdown(), flush=True)

@@ -58,12 +58,22 @@ CONFIGS = {
     "ddim10": {"ddim_steps": 10},
     "ddim10-k4": {"ddim_steps": 10, "regenerate_every": 4},
     "ddim10-k4-b4": {"ddim_steps": 10, "regenerate_every": 4, "batch_size": 4},
-    # What `esd-sdk erase --model toy` runs (EraseConfig.for_model): its own lr, fp32, trajectories
-    # from the model being edited; "-k4" adds amortised trajectories.
-    "toy-defaults": {"ddim_steps": 10, "batch_size": 4, "lr": 2e-4, "sampler": "edited", "precision": "fp32"},
-    "toy-defaults-k4": {"ddim_steps": 10, "batch_size": 4, "lr": 2e-4, "sampler": "edited", "precision": "fp32",
-                        "regenerate_every": 4},
+    # What `esd-sdk erase --model toy` runs: the toy defaults of the erased method
+    # (esd_sdk.config.toy_defaults, filled in by `config_settings`), fp32, trajectories from the
+    # model being edited; "-k4" adds amortised trajectories.
+    "toy-defaults": {"toy_defaults": True, "sampler": "edited", "precision": "fp32"},
+    "toy-defaults-k4": {"toy_defaults": True, "sampler": "edited", "precision": "fp32", "regenerate_every": 4},
 }
+
+
+def config_settings(name: str, method: str) -> dict:
+    """The EraseConfig settings of configuration ``name`` (the toy defaults resolved for ``method``)."""
+    from esd_sdk.config import toy_defaults
+
+    settings = dict(CONFIGS[name])
+    if settings.pop("toy_defaults", False):  # its steps stay the run's own (--steps)
+        settings = {**{k: v for k, v in toy_defaults(method).items() if k != "steps"}, **settings}
+    return settings
 
 
 # ------------------------------------------------------------------------------ the peer tree
@@ -367,7 +377,7 @@ def summarise(run: dict) -> dict:
 
 def run(args) -> dict:
     """All repetitions, interleaved, then the judge over every checkpoint (toy)."""
-    configs = {name: CONFIGS[name] for name in args.configs}
+    configs = {name: config_settings(name, args.method) for name in args.configs}
     reps = []
     for r in range(args.repeats):
         seed = args.seed + r
