@@ -2,11 +2,11 @@
 
     python benchmarks/multi_concept.py                      # every experiment, 4 images per prompt
     python benchmarks/multi_concept.py --only objects -n 8  # one experiment
-    python benchmarks/multi_concept.py --only objects --set steps=200 --name objects-200
+    python benchmarks/multi_concept.py --only objects-u --set steps=300 --name objects-u-300
 
 Experiments (toy defaults of `EraseConfig`, seed 0; every step trains every concept, so an
-N-concept erase does N concept passes per step, and ceil(sqrt(N)) times the steps; scoring is `esd_sdk.evaluate.evaluate`, the
-toy judge, the same seeds for base and edited):
+N-concept erase does N concept passes per step, and ceil(sqrt(N)) times the steps; scoring is
+`esd_sdk.evaluate.evaluate`, the toy judge, the same seeds for base and edited):
 
     objects    ESD-x "circle", "square", "triangle" in one edit, --preserve cross; kept: cross
     objects-u  the same with ESD-u (the paper's choice for objects; not in the default run: on
