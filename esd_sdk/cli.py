@@ -174,6 +174,8 @@ def _slug(text: str) -> str:
 @click.option("--lr", type=float, help="Adam learning rate (paper: 1e-5).")
 @click.option("--preserve", multiple=True, help="Prompt whose predictions stay the base model's; repeat for several.")
 @click.option("--preserve-weight", type=float, help="Weight of the preservation loss [1.0].")
+@click.option("--preserve-on", type=click.Choice(["concept", "own", "both"]),
+              help="Hold --preserve prompts on the concept's x_t, on x_t from their own trajectories, or both [concept].")
 @click.option("--ddim-steps", type=int, help="DDIM steps of the x_t trajectories (paper: 50).")
 @click.option("--sample-guidance", type=float, help="Guidance scale while sampling x_t (paper: 3).")
 @click.option("--sampler", type=click.Choice(["edited", "frozen"]), help="Sample x_t with the edited model (paper) or the frozen one (upstream code).")
@@ -189,6 +191,7 @@ def _slug(text: str) -> str:
 @click.option("--robust-tokens", type=int, help="Robust: learned vectors in the adversarial prompt [6].")
 @click.option("--robust-attack-steps", type=int, help="Robust: inner attack steps per refresh [10].")
 @click.option("--robust-every", type=int, help="Robust: steps between refreshes of the adversarial prompt [1].")
+@click.option("--robust-batch", type=int, help="Robust: concept latents per inner attack step, drawn from 8 [8].")
 @click.option("--device", help="torch device [cuda if available, else cpu].")
 @click.option("--processes", type=click.IntRange(min=1), default=1, show_default=True,
               help="Data-parallel processes on this machine, started with accelerate launch (one per GPU; "

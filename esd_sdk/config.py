@@ -15,6 +15,7 @@ if TYPE_CHECKING:
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 SAMPLERS = ("edited", "frozen")
+PRESERVE_ON = ("concept", "own", "both")
 
 # Tuned against the toy world's judge (benchmarks/toy_erasure.py; figures in README): the
 # toy UNet is tiny, so fewer, larger steps; 4 trajectories a step steady the noisy single-sample
@@ -73,6 +74,9 @@ class EraseConfig:
     regenerate_every: int = 1  # k: reuse one full trajectory for k steps (1 = the paper)
     preserve: list[str] = field(default_factory=list)  # prompts held to the frozen model's predictions
     preserve_weight: float = 1.0  # weight of the preservation loss
+    # Where the preserved prompts are held: on the erased concept's x_t (concept), on x_t from their
+    # own trajectories (own: one more sampled trajectory per preserved prompt and step), or both.
+    preserve_on: str = "concept"
     precision: str = "fp32"  # fp32 | bf16 | fp16 autocast; master weights stay fp32
     gradient_checkpointing: bool | None = None  # None: on for CUDA, off on CPU
     resolution: int | None = None  # image size of the trajectories; None: the model's default
@@ -87,6 +91,8 @@ class EraseConfig:
     robust_every: int = 1  # outer steps between refreshes (1 x 10: toy ASR 3.1%, plain 0%, 3.9x plain's time; README)
     robust_lr: float = 5e-2  # the inner attack's Adam learning rate
     robust_images: int = 8  # concept latents (from the frozen model) the inner attack learns from
+    robust_batch: int = 8  # of those, latents per inner attack step (drawn at random each step)
+    robust_keep_moments: bool = False  # each refresh continues the inner Adam's moments (one long attack)
     robust_weight: float = 1.0  # weight of the adversarial ESD loss
 
     def __post_init__(self):
@@ -147,7 +153,9 @@ class EraseConfig:
             raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got '{self.precision}'")
         if self.sampler not in SAMPLERS:
             raise ConfigError(f"sampler must be one of {', '.join(SAMPLERS)}, got '{self.sampler}'")
-        for name in ("robust_tokens", "robust_attack_steps", "robust_every", "robust_images"):
+        if self.preserve_on not in PRESERVE_ON:
+            raise ConfigError(f"preserve on must be one of {', '.join(PRESERVE_ON)}, got '{self.preserve_on}'")
+        for name in ("robust_tokens", "robust_attack_steps", "robust_every", "robust_images", "robust_batch"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name.replace('_', ' ')} must be positive, got {getattr(self, name)}")
         if not self.robust_lr > 0 or self.robust_weight < 0:

@@ -11,6 +11,9 @@ With several concepts, every step does 1-3 for each concept (each with its own t
 and averages their losses: one update never favours a concept, and the work of a run grows with
 the number of concepts. Each concept's graph is freed by its own backward pass before the next
 concept runs, so memory does not grow with the number of concepts.
+Preserved prompts follow the frozen model's predictions on each concept's x_t (preserve_on
+"concept"), on x_t from trajectories of their own ("own": where the kept concept's images are
+made), or both.
 The guided combination has coefficients that sum to one, so it is the same whether the model
 predicts epsilon or v (v is affine in epsilon at fixed x_t): v-prediction models (SD 2.x) use
 their raw outputs directly.
@@ -241,6 +244,19 @@ class _Trainer:
             x = self.scheduler.step(e_u + c.sample_guidance * (e_c - e_u), t, x).prev_sample
         return torch.stack(states) if keep_all else x
 
+    def _draw_x_t(self, key: int, prompt: Conditioning) -> tuple[torch.Tensor, torch.Tensor]:
+        """x_t at a random point t_enc of ``prompt``'s trajectory (fresh, or the one kept under
+        ``key`` when trajectories are reused), and the DDIM timestep it has reached."""
+        c = self.config
+        t_enc = int(torch.randint(c.ddim_steps, (1,), generator=self.generator))
+        if c.regenerate_every == 1:
+            x = self._sample(prompt, t_enc)
+        else:
+            if key not in self.trajectories or self.step % c.regenerate_every == 0:
+                self.trajectories[key] = self._sample(prompt, c.ddim_steps, keep_all=True)
+            x = self.trajectories[key][t_enc]
+        return x, self.scheduler.timesteps[t_enc]
+
     # -- one optimisation step --------------------------------------------------------------
 
     def concept_loss(self, k: int) -> torch.Tensor:
@@ -248,16 +264,9 @@ class _Trainer:
         c = self.config
         # 1. x_t at a random point of the concept's trajectory
         concept = self.concepts.index([k])
-        t_enc = int(torch.randint(c.ddim_steps, (1,), generator=self.generator))
-        if c.regenerate_every == 1:
-            x = self._sample(concept, t_enc)
-        else:
-            if k not in self.trajectories or self.step % c.regenerate_every == 0:
-                self.trajectories[k] = self._sample(concept, c.ddim_steps, keep_all=True)
-            x = self.trajectories[k][t_enc]
-        t = self.scheduler.timesteps[t_enc]
+        x, t = self._draw_x_t(k, concept)
         b = x.shape[0]
-        n_keep = len(self.preserve) if self.preserve is not None else 0
+        n_keep = len(self.preserve) if self.preserve is not None and c.preserve_on != "own" else 0
 
         # 2. frozen predictions: unconditional, concept, and each preserved prompt, in one batch
         parts = [self.uncond.index([0] * b), concept.index([0] * b)]
@@ -282,6 +291,19 @@ class _Trainer:
             loss = loss + c.robust_weight * F.mse_loss(pred[(1 + n_keep) * b:], target)
         return loss
 
+    def keep_loss(self, j: int) -> torch.Tensor:
+        """Preserved prompt ``j`` held to the frozen model on x_t from its own trajectory
+        (``preserve_on`` own or both): where the kept concept's images are actually made."""
+        c = self.config
+        keep = self.preserve.index([j])
+        x, t = self._draw_x_t(-1 - j, keep)  # preserved prompts' trajectories sit beside the concepts' (0, 1, ...)
+        cond = keep.index([0] * x.shape[0])
+        with torch.no_grad(), _autocast(self.device, c.precision):
+            goal = self._predict(x, t, cond, frozen=True).float()
+        with _autocast(self.device, c.precision):
+            pred = self._predict(x, t, cond, frozen=False).float()
+        return c.preserve_weight * F.mse_loss(pred, goal)
+
     def train_step(self) -> float:
         """One Adam step on the mean loss of every concept, averaged over processes."""
         n = len(self.config.concepts)
@@ -295,6 +317,11 @@ class _Trainer:
             loss = self.concept_loss(k) / n
             self.scaler.scale(loss).backward()  # frees this concept's graph: memory flat in n
             total += loss.detach()
+        if self.preserve is not None and self.config.preserve_on != "concept":
+            for j in range(len(self.preserve)):
+                loss = self.keep_loss(j) / len(self.preserve)
+                self.scaler.scale(loss).backward()
+                total += loss.detach()
         loss, self.stop = self.processes.finish_step(list(self.trained.values()), total)
         if not math.isfinite(loss):
             raise NonFiniteLossError(
@@ -415,7 +442,8 @@ class _Adversary:
             with _autocast(self.trainer.device, c.precision):
                 self.soft[k] = embedding_attack(
                     self.target, self.latents[k], self.TEMPLATE, n_tokens=c.robust_tokens, steps=c.robust_attack_steps,
-                    lr=c.robust_lr, init=self.soft.get(k, c.concepts[k]), generator=self.generator)
+                    lr=c.robust_lr, init=self.soft.get(k, c.concepts[k]), batch_size=c.robust_batch,
+                    keep_moments=c.robust_keep_moments, generator=self.generator)
             self.cond.pop(k, None)
         if k not in self.cond:
             with torch.no_grad():
@@ -427,6 +455,11 @@ class _Adversary:
         for k, soft in self.soft.items():
             for e, v in enumerate(soft.vectors):
                 out[f"robust/soft/{k}/{e}"] = v.cpu().contiguous()
+            if soft.moments is not None:  # the inner Adam's moments, continued with robust_keep_moments
+                out[f"robust/moments/{k}/step"] = torch.tensor(soft.moments["step"])
+                for e, (avg, avg_sq) in enumerate(soft.moments["tensors"]):
+                    out[f"robust/moments/{k}/{e}/exp_avg"] = avg.cpu().contiguous()
+                    out[f"robust/moments/{k}/{e}/exp_avg_sq"] = avg_sq.cpu().contiguous()
         return out
 
     def load_state(self, tensors: dict[str, torch.Tensor]) -> None:
@@ -438,7 +471,12 @@ class _Adversary:
             vectors = [tensors[f"robust/soft/{k}/{e}"] for e in range(len(self.target.text_encoders))
                        if f"robust/soft/{k}/{e}" in tensors]
             if vectors:
-                self.soft[k] = SoftPrompt([self.TEMPLATE], vectors, [0])
+                moments = None
+                if f"robust/moments/{k}/step" in tensors:
+                    moments = {"step": int(tensors[f"robust/moments/{k}/step"]),
+                               "tensors": [[tensors[f"robust/moments/{k}/{e}/exp_avg"],
+                                            tensors[f"robust/moments/{k}/{e}/exp_avg_sq"]] for e in range(len(vectors))]}
+                self.soft[k] = SoftPrompt([self.TEMPLATE], vectors, [0], moments=moments)
 
 
 def train(base: BaseModel, config: EraseConfig, device: str | torch.device | None = None,

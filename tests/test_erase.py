@@ -164,6 +164,7 @@ def test_bf16_autocast_keeps_fp32_master_weights(tiny_sd):
     (dict(lr=-1.0), "learning rate"),
     (dict(precision="fp8"), "precision"),
     (dict(concepts=["circle"], preserve=["circle"]), "both erased and preserved"),
+    (dict(preserve_on="kept"), "preserve on must be one of concept, own, both"),
 ])
 def test_config_validation(changes, message):
     with pytest.raises(ConfigError, match=message):
@@ -254,32 +255,103 @@ ROBUST = dict(robust=True, robust_tokens=2, robust_attack_steps=2, robust_every=
 def test_robust_erase_trains_against_an_adversarial_prompt(model, request, monkeypatch):
     from esd_sdk import attack
 
-    calls = []
+    calls, batches = [], []
     original = attack.learn_tokens
-    monkeypatch.setattr(attack, "learn_tokens", lambda *a, **k: calls.append(k["init"]) or original(*a, **k))
+    monkeypatch.setattr(attack, "learn_tokens",
+                        lambda *a, **k: calls.append(k["init"]) or batches.append(k["batch_size"]) or original(*a, **k))
     base = load_base(request.getfixturevalue(model))
     before = weights_hash(base.unet)
-    state = train(base, EraseConfig(concepts=["circle"], method="x", **FAST, **ROBUST), progress=False)
+    state = train(base, EraseConfig(concepts=["circle"], method="x", **FAST, **ROBUST, robust_batch=1), progress=False)
     assert len(calls) == 2  # refreshed at steps 0 and 2 of 4
+    assert batches == [1, 1]  # robust_batch latents per inner step, of robust_images
     assert calls[0] == "circle" and not isinstance(calls[1], str)  # starts as the concept, then warm-starts
     assert all(math.isfinite(loss) for loss in state.losses)
     assert weights_hash(base.unet) == before and weights_hash(state.unet) != before
 
 
-def test_robust_resume_continues_exactly(tiny_sd, tmp_path, monkeypatch):
-    config = dict(concepts=["circle"], method="x", steps=5, lr=1e-3, ddim_steps=6, **ROBUST)
-    straight = train(load_base(tiny_sd), EraseConfig(**config), progress=False)
-    out = tmp_path / "edit"
-    _interrupt_at(monkeypatch, 3)
+def _straight_and_resumed(model, out, config: dict, monkeypatch, at: int = 3):
+    """The same erase run straight through, and interrupted at step ``at`` then resumed."""
+    straight = train(load_base(model), EraseConfig(**config), progress=False)
+    _interrupt_at(monkeypatch, at)
     with pytest.raises(EraseInterrupted):
-        erase(tiny_sd, out=out, config=EraseConfig(**config), progress=False)
+        erase(model, out=out, config=EraseConfig(**config), progress=False)
     monkeypatch.undo()
-    resumed = erase(tiny_sd, out=out, config=EraseConfig(**config), resume=True, progress=False)
+    return straight, erase(model, out=out, config=EraseConfig(**config), resume=True, progress=False)
+
+
+@pytest.mark.parametrize("keep_moments", [False, True])
+def test_robust_resume_continues_exactly(tiny_sd, tmp_path, monkeypatch, keep_moments):
+    """The checkpoint carries the adversarial prompt (and its inner Adam's moments)."""
+    config = dict(concepts=["circle"], method="x", steps=5, lr=1e-3, ddim_steps=6, **ROBUST,
+                  robust_keep_moments=keep_moments)
+    straight, resumed = _straight_and_resumed(tiny_sd, tmp_path / "edit", config, monkeypatch)
     assert resumed.losses == straight.losses
     assert resumed.manifest["config"]["robust"] is True and resumed.manifest["config"]["robust_tokens"] == 2
 
 
-@pytest.mark.parametrize("setting", ["robust_tokens", "robust_attack_steps", "robust_every", "robust_images"])
+@pytest.mark.parametrize("setting", ["robust_tokens", "robust_attack_steps", "robust_every", "robust_images", "robust_batch"])
 def test_bad_robust_budgets_are_one_line_errors(setting):
     with pytest.raises(ConfigError, match=f"{setting.replace('_', ' ')} must be positive, got 0"):
         EraseConfig(concepts=["circle"], robust=True, **{setting: 0}).validate()
+
+
+def _sampled_prompts(monkeypatch):
+    """Record which prompt (0: the concept, 1: the preserved one) each x_t trajectory is sampled with."""
+    seen = []
+    original = _Trainer._sample
+
+    def sample(self, prompt, *a, **k):
+        candidates = [self.concepts.index([0]).hidden, self.preserve.index([0]).hidden]
+        seen.append(next(i for i, c in enumerate(candidates) if torch.equal(c, prompt.hidden)))
+        return original(self, prompt, *a, **k)
+
+    monkeypatch.setattr(_Trainer, "_sample", sample)
+    return seen
+
+
+@pytest.mark.parametrize("preserve_on, sampled", [("concept", {0}), ("own", {0, 1})])
+def test_preserve_on_own_samples_the_kept_prompts_trajectory(tiny_sd, monkeypatch, preserve_on, sampled):
+    """own (and both) hold a preserved prompt on x_t of its own trajectory, sampled with that
+    prompt; concept holds it on the erased concept's x_t only."""
+    config = dict(concepts=["circle"], method="x", steps=6, lr=1e-3, ddim_steps=6)
+    seen = _sampled_prompts(monkeypatch)
+    state = train(load_base(tiny_sd), EraseConfig(**config, preserve=["square"], preserve_on=preserve_on), progress=False)
+    assert set(seen) == sampled and seen.count(0) == 6
+    assert all(math.isfinite(loss) for loss in state.losses)
+
+
+def test_preserve_on_own_holds_the_kept_prompt_where_its_images_are_made(tiny_sd):
+    """Measured on the kept prompt's own trajectories (fresh seeds): its predictions drift from the
+    frozen model's less with --preserve-on own than with no preservation at all."""
+    config = dict(concepts=["circle"], method="x", steps=8, lr=3e-2, ddim_steps=6, batch_size=2)
+
+    def drift(state):
+        base = load_base(tiny_sd)
+        probe = _Trainer(base, base.unet, EraseConfig(concepts=["square"], method="x", ddim_steps=6, batch_size=4, seed=7),
+                         torch.device("cpu"), None)
+        edited = dict(state.unet.named_parameters())
+        total = 0.0
+        for t_enc in (1, 3, 5):
+            x = probe._sample(probe.concepts.index([0]), t_enc, frozen=True)
+            t = probe.scheduler.timesteps[t_enc]
+            cond = probe.concepts.index([0] * x.shape[0])
+            with torch.no_grad():
+                goal = probe._predict(x, t, cond, frozen=True)
+                pred = torch.func.functional_call(probe.unet, {n: edited[n] for n in probe.trained}, (x, t), cond.kwargs()).sample
+            total += torch.nn.functional.mse_loss(pred, goal).item()
+        return total
+
+    free = drift(train(load_base(tiny_sd), EraseConfig(**config), progress=False))
+    held = drift(train(load_base(tiny_sd), EraseConfig(**config, preserve=["square"], preserve_on="own", preserve_weight=4.0),
+                       progress=False))
+    assert free > 0 and held < 0.8 * free
+
+
+def test_preserve_on_both_resumes_exactly(tiny_sd, tmp_path, monkeypatch):
+    """The preserved prompts' reused trajectories are part of the checkpoint."""
+    config = dict(concepts=["circle"], method="x", steps=6, lr=1e-3, ddim_steps=6, regenerate_every=4,
+                  preserve=["square"], preserve_on="both")
+    straight, resumed = _straight_and_resumed(tiny_sd, tmp_path / "edit", config, monkeypatch)
+    assert resumed.losses == straight.losses
+    a, b = _params(straight.unet), _params(resumed.unet)
+    assert all(torch.equal(a[n], b[n]) for n in a)
