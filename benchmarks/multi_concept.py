@@ -17,7 +17,8 @@ N-concept erase does N concept passes per step, and ceil(sqrt(N)) times the step
     timing     erase time against the number of concepts (1, 3, 10) on a tiny random SD pipeline,
                interleaved rounds, median seconds and the ratio to one concept
 
-Goals (issue 13): each erased concept <= 5%, the kept one within 3 points of the base.
+Goals (issue 13): each erased concept <= 5%, the kept one within 3 points of the base. Each
+multi-concept run also reports how often an erased prompt draws *any* erased concept (any_erased).
 Writes multi_concept.json/.md (and eval reports and grids per run) to --out.
 """
 
@@ -76,28 +77,64 @@ def timing(out: Path, rounds: int = 3) -> dict:
     return result
 
 
+def any_erased(base, artifact: Path, n: int) -> dict:
+    """Per erased concept, the share of its erased-prompt images (the eval's prompts and seeds) in
+    which the judge sees *any* erased concept (object, or style for styles): a "circle" prompt that draws a triangle counts as
+    erased in the eval (it shows no circle) but here as the edit drawing another erased concept."""
+    from esd_sdk.artifact import load_edited_unet
+    from esd_sdk.evaluate import measure, sampler_config, toy_prompt_sets
+    from esd_sdk.scorers import Scorer, Scores
+
+    concepts = json.loads((artifact / "esd.json").read_text())["concepts"]
+
+    class AnyErased(Scorer):
+        name, metric = "toy-any-erased", "toy judge: any erased object"
+
+        def __init__(self):
+            from esd_sdk.toy import load_judge
+
+            self.judge = load_judge()
+
+        def score(self, images, rows):
+            import numpy as np
+
+            from esd_sdk.toy.world import OBJECTS
+
+            verdict = self.judge.judge(images)
+            seen = verdict.object if set(concepts) <= set(OBJECTS) else verdict.style
+            return Scores(np.array([float(o in concepts) for o in seen], dtype=np.float32))
+
+    sets = {"erased": toy_prompt_sets(concepts, [])["erased"]}
+    unet = load_edited_unet(artifact).to(base.unet.device)
+    m = measure(base, sets, AnyErased(), n, sampler_config(base, None, None), unet=unet)
+    return {c: float(sum(v) / len(v)) for c, v in m.values["erased"].items()}
+
+
 def verdict(entry: dict) -> dict:
     rows = entry["rows"]
     erased = {r["key"]: r["edited"] for r in rows if r["prompt_set"] == "erased"}
     kept = {r["key"]: r["drop"] for r in rows if r["prompt_set"] == "kept"}
-    return {"erased": erased, "kept_drop": kept,
+    return {"erased": erased, "kept_drop": kept, "any_erased": entry.get("any_erased"),
             "meets_goal": all(v <= GOAL_ERASED for v in erased.values()) and all(abs(d) <= GOAL_KEPT for d in kept.values())}
 
 
 def markdown(entries: list[dict], n: int) -> str:
     lines = [f"Toy world, {n} images per prompt, toy judge. Goal: erased <= {GOAL_ERASED:.0%}, kept within "
              f"{100 * GOAL_KEPT:.0f} points of the base.", "",
-             "| run | concepts | erased (edited rate) | kept (drop) | goal | erase s | x one concept |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+             "| run | concepts | erased (edited rate) | kept (drop) | goal | any erased concept drawn | erase s | x one concept |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for e in entries:
         v = e["verdict"]
         erased = ", ".join(f"{k} {100 * r:.1f}%" for k, r in v["erased"].items())
         kept = ", ".join(f"{k} {100 * d:+.1f} pts" for k, d in v["kept_drop"].items())
         ratio = f"{e['time_ratio']:.2f}" if e.get("time_ratio") else ""
+        anyone = ", ".join(f"{k} {100 * r:.1f}%" for k, r in (e.get("any_erased") or {}).items())
         lines.append(f"| {e['name']} | {len(e['settings']['concepts'])} | {erased} | {kept} | "
-                     f"{'yes' if v['meets_goal'] else 'no'} | {e['erase_seconds']} | {ratio} |")
+                     f"{'yes' if v['meets_goal'] else 'no'} | {anyone} | {e['erase_seconds']} | {ratio} |")
     lines += ["", "Settings of each run: multi_concept.json (`settings`). Times are measured in one process, "
-              "the single-concept erase just before the multi-concept one."]
+              "the single-concept erase just before the multi-concept one. \"Any erased concept drawn\": the share "
+              "of each erased prompt's images in which the judge sees any of the erased concepts (a circle prompt "
+              "drawing a triangle passes the eval's per-concept rate but draws an erased concept)."]
     return "\n".join(lines) + "\n"
 
 
@@ -138,6 +175,7 @@ def main() -> None:
         run_name = args.name or name
         artifact, seconds = run_erase(args.work, run_name, base, **{**spec, **overrides})
         entry = scored(run_name, artifact, seconds, args.out, args.n, keep=keep, base_model=base)
+        entry["any_erased"] = any_erased(base, artifact, args.n)
         ratio = seconds / single_seconds if single_seconds else None
         record({**entry, "verdict": verdict(entry), "time_ratio": ratio, "single_seconds": single_seconds})
         print(json.dumps({"name": run_name, **verdict(entry), "time_ratio": ratio}), flush=True)
