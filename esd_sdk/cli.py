@@ -170,8 +170,6 @@ def _slug(text: str) -> str:
               help="Base model: a hub id (default CompVis/stable-diffusion-v1-4), a local diffusers directory, a .safetensors file, or 'toy'.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Output directory [default: esd-<concept>-<method>].")
 @click.option("--eta", "negative_guidance", type=float, help="Negative guidance eta (paper: 1.0).")
-@click.option("--guide-from-others", type=float,
-              help="Several concepts: each one's target also moves away from the other erased concepts, by this weight [0].")
 @click.option("--steps", type=int, help="Optimisation steps, each training every concept (paper: 1000; the toy: 100; N concepts: x ceil(sqrt(N))).")
 @click.option("--lr", type=float, help="Adam learning rate (paper: 1e-5).")
 @click.option("--preserve", multiple=True, help="Prompt whose predictions stay the base model's; repeat for several.")

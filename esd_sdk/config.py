@@ -65,10 +65,6 @@ class EraseConfig:
     concepts: list[str]  # prompts naming what to erase, e.g. ["van gogh"]; every step trains each one
     method: str = "x"  # x | x-strict | u | self | all | re:REGEX over module names
     negative_guidance: float = 1.0  # eta: target = e*(x,t) - eta * (e*(x,c,t) - e*(x,t)); paper's eta
-    # With several concepts, each one's target also moves away from the others, by this weight times
-    # eta times the mean of their guidance directions (0: the paper's target per concept). It stops an
-    # erased prompt from turning into another erased concept; it costs N - 1 more frozen rows a pass.
-    guide_from_others: float = 0.0
     steps: int = 1000  # optimisation steps (each one a pass per concept: the work grows with the concepts)
     lr: float = 1e-5  # Adam learning rate
     batch_size: int = 1  # trajectories per concept and step, per process (global: processes x this)
@@ -141,8 +137,6 @@ class EraseConfig:
         overlap = set(self.concepts) & set(self.preserve)
         if overlap:
             raise ConfigError(f"'{sorted(overlap)[0]}' is both erased and preserved: drop it from one list")
-        if self.guide_from_others < 0:
-            raise ConfigError(f"guide from others must be >= 0, got {self.guide_from_others}: 0 turns it off")
         if not self.negative_guidance > 0:
             raise ConfigError(f"negative guidance (eta) must be > 0, got {self.negative_guidance}: the paper uses 1.0")
         for name in ("steps", "batch_size", "ddim_steps", "regenerate_every"):

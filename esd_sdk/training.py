@@ -268,21 +268,14 @@ class _Trainer:
         b = x.shape[0]
         n_keep = len(self.preserve) if self.preserve is not None and c.preserve_on != "own" else 0
 
-        # 2. frozen predictions: unconditional, concept, each preserved prompt (and, guiding from
-        #    the others, every other erased concept), in one batch
+        # 2. frozen predictions: unconditional, concept, and each preserved prompt, in one batch
         parts = [self.uncond.index([0] * b), concept.index([0] * b)]
         if n_keep:
             parts += [self.preserve.index([i] * b) for i in range(n_keep)]
-        others = [j for j in range(len(c.concepts)) if j != k] if c.guide_from_others > 0 else []
-        frozen_parts = parts + [self.concepts.index([j] * b) for j in others]
         with torch.no_grad(), _autocast(self.device, c.precision):
-            frozen = self._predict(x.repeat(len(frozen_parts), 1, 1, 1), t, Conditioning.cat(frozen_parts),
-                                   frozen=True).float()
+            frozen = self._predict(x.repeat(2 + n_keep, 1, 1, 1), t, Conditioning.cat(parts), frozen=True).float()
         e_0, e_c = frozen[:b], frozen[b:2 * b]
         target = e_0 - c.negative_guidance * (e_c - e_0)
-        if others:
-            e_o = frozen[(2 + n_keep) * b:].reshape(len(others), b, *e_0.shape[1:]).mean(0)
-            target = target - c.guide_from_others * c.negative_guidance * (e_o - e_0)
 
         # 3. the edited model's predictions for the concept (and preserved prompts, and the
         #    adversarial prompt of robust ESD, which must follow the same target), with autograd
@@ -293,7 +286,7 @@ class _Trainer:
             pred = self._predict(x.repeat(len(edit_parts), 1, 1, 1), t, Conditioning.cat(edit_parts), frozen=False).float()
         loss = F.mse_loss(pred[:b], target)
         if n_keep:
-            loss = loss + c.preserve_weight * F.mse_loss(pred[b:(1 + n_keep) * b], frozen[2 * b:(2 + n_keep) * b])
+            loss = loss + c.preserve_weight * F.mse_loss(pred[b:(1 + n_keep) * b], frozen[2 * b:])
         if self.adversary is not None:
             loss = loss + c.robust_weight * F.mse_loss(pred[(1 + n_keep) * b:], target)
         return loss

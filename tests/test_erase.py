@@ -30,7 +30,7 @@ def test_engine_matches_the_plain_reference(tiny_sd, sampler):
     assert state.losses == pytest.approx(ref_losses, rel=1e-4, abs=1e-7)
     ref_params = dict(ref.unet.named_parameters())
     for name in state.selection.tensors:
-        torch.testing.assert_close(dict(state.unet.named_parameters())[name], ref_params[name], rtol=1e-4, atol=5e-6)
+        torch.testing.assert_close(dict(state.unet.named_parameters())[name], ref_params[name], rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.parametrize("fixture", ["tiny_sd", "tiny_sd_v", "tiny_sdxl"])
@@ -165,7 +165,6 @@ def test_bf16_autocast_keeps_fp32_master_weights(tiny_sd):
     (dict(precision="fp8"), "precision"),
     (dict(concepts=["circle"], preserve=["circle"]), "both erased and preserved"),
     (dict(preserve_on="kept"), "preserve on must be one of concept, own, both"),
-    (dict(guide_from_others=-1.0), "guide from others must be >= 0"),
 ])
 def test_config_validation(changes, message):
     with pytest.raises(ConfigError, match=message):
@@ -356,24 +355,3 @@ def test_preserve_on_both_resumes_exactly(tiny_sd, tmp_path, monkeypatch):
     assert resumed.losses == straight.losses
     a, b = _params(straight.unet), _params(resumed.unet)
     assert all(torch.equal(a[n], b[n]) for n in a)
-
-
-def test_guide_from_others_moves_each_target_away_from_the_other_concepts(tiny_sd, monkeypatch):
-    """target_k = e0 - eta (e_k - e0) - g eta (mean_{j != k} e_j - e0): checked on one fixed x_t
-    before any update (the edited model still predicts e_k)."""
-    base = load_base(tiny_sd)
-    config = EraseConfig(concepts=["circle", "square", "triangle"], method="x", guide_from_others=0.5,
-                         negative_guidance=2.0, ddim_steps=6, batch_size=2)
-    trainer = _Trainer(base, base.unet, config, torch.device("cpu"), None)
-    x = torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(3))
-    t = trainer.scheduler.timesteps[2]
-    monkeypatch.setattr(_Trainer, "_draw_x_t", lambda self, key, prompt: (x, t))
-    with torch.no_grad():
-        e = [trainer._predict(x, t, trainer.uncond.index([0, 0]), frozen=True)]
-        e += [trainer._predict(x, t, trainer.concepts.index([j, j]), frozen=True) for j in range(3)]
-        loss = trainer.concept_loss(1).item()
-    e0, ek, others = e[0], e[2], (e[1] + e[3]) / 2
-    target = e0 - 2.0 * (ek - e0) - 0.5 * 2.0 * (others - e0)
-    assert loss == pytest.approx(torch.nn.functional.mse_loss(ek, target).item(), rel=1e-4)
-    plain = e0 - 2.0 * (ek - e0)
-    assert abs(loss - torch.nn.functional.mse_loss(ek, plain).item()) > 1e-3 * loss
