@@ -30,7 +30,7 @@ def test_engine_matches_the_plain_reference(tiny_sd, sampler):
     assert state.losses == pytest.approx(ref_losses, rel=1e-4, abs=1e-7)
     ref_params = dict(ref.unet.named_parameters())
     for name in state.selection.tensors:
-        torch.testing.assert_close(dict(state.unet.named_parameters())[name], ref_params[name], rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(dict(state.unet.named_parameters())[name], ref_params[name], rtol=1e-4, atol=5e-6)
 
 
 @pytest.mark.parametrize("fixture", ["tiny_sd", "tiny_sd_v", "tiny_sdxl"])
