@@ -184,19 +184,13 @@ class SoftPrompt:
     vectors: list[torch.Tensor]
     groups: list[int]
     _ids: dict = field(default_factory=dict, repr=False, compare=False)  # token ids, by encoder and template
-    # Adam's moments of the vectors where `learn_tokens` left them ([exp_avg, exp_avg_sq] per encoder,
-    # and the step count), so that a warm start can continue the same optimisation
-    moments: dict | None = field(default=None, repr=False, compare=False)
 
     @property
     def n_tokens(self) -> int:
         return self.vectors[0].shape[1]
 
     def detach(self) -> "SoftPrompt":
-        moments = None if self.moments is None else {
-            "step": self.moments["step"], "tensors": [[t.detach().clone() for t in ts] for ts in self.moments["tensors"]]}
-        return SoftPrompt(list(self.templates), [v.detach().clone() for v in self.vectors], list(self.groups),
-                          moments=moments)
+        return SoftPrompt(list(self.templates), [v.detach().clone() for v in self.vectors], list(self.groups))
 
     def select(self, idx: list[int]) -> "SoftPrompt":
         return SoftPrompt([self.templates[i] for i in idx], self.vectors, [self.groups[i] for i in idx])
@@ -309,7 +303,7 @@ def denoising_loss(target: AttackTarget, schedule: NoiseSchedule, latents: torch
 def learn_tokens(target: AttackTarget, latents: torch.Tensor, prompts: str | list[str], *, n_tokens: int,
                  steps: int, lr: float, shared: bool, init: str | None | SoftPrompt = None, batch_size: int = 8,
                  generator: torch.Generator | None = None, progress: bool = False, desc: str = "attack",
-                 losses: list[float] | None = None, keep_moments: bool = False) -> SoftPrompt:
+                 losses: list[float] | None = None) -> SoftPrompt:
     """Learn vectors that minimise the target's denoising loss on ``latents``.
 
     Args:
@@ -324,12 +318,9 @@ def learn_tokens(target: AttackTarget, latents: torch.Tensor, prompts: str | lis
         batch_size: latents per step (drawn at random).
         generator: a CPU torch.Generator; seeds the initialisation, batches, timesteps and noise [seed 0].
         losses: if given, the loss of every step is appended to it.
-        keep_moments: continue the Adam moments that a SoftPrompt ``init`` carries (its `moments`),
-            so that repeated short calls make one optimisation; a fresh Adam otherwise.
 
     Returns:
-        The learned `SoftPrompt` (detached) over the distinct templates, in order of first use,
-        carrying its Adam moments.
+        The learned `SoftPrompt` (detached) over the distinct templates, in order of first use.
     """
     AttackBudget(steps, lr, n_tokens, 1, batch_size).validate()
     prompts = [prompts] * latents.shape[0] if isinstance(prompts, str) else list(prompts)
@@ -354,10 +345,6 @@ def learn_tokens(target: AttackTarget, latents: torch.Tensor, prompts: str | lis
     soft = SoftPrompt(templates, vectors, groups)
     schedule = NoiseSchedule(target.scheduler)
     optimizer = torch.optim.Adam(vectors, lr=lr)
-    if keep_moments and isinstance(init, SoftPrompt) and init.moments is not None:
-        for v, (avg, avg_sq) in zip(vectors, init.moments["tensors"]):
-            optimizer.state[v] = {"step": torch.tensor(float(init.moments["step"])),
-                                  "exp_avg": avg.to(device).clone(), "exp_avg_sq": avg_sq.to(device).clone()}
     from tqdm.auto import tqdm
 
     bar = tqdm(range(steps), desc=desc, disable=not progress, leave=False)
@@ -377,9 +364,6 @@ def learn_tokens(target: AttackTarget, latents: torch.Tensor, prompts: str | lis
         if losses is not None:
             losses.append(loss.item())
         bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
-    states = [optimizer.state.get(v) for v in vectors]
-    if all(states):
-        soft.moments = {"step": int(states[0]["step"]), "tensors": [[st["exp_avg"], st["exp_avg_sq"]] for st in states]}
     return soft.detach()
 
 

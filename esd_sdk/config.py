@@ -92,7 +92,6 @@ class EraseConfig:
     robust_lr: float = 5e-2  # the inner attack's Adam learning rate
     robust_images: int = 8  # concept latents (from the frozen model) the inner attack learns from
     robust_batch: int = 8  # of those, latents per inner attack step (drawn at random each step)
-    robust_keep_moments: bool = False  # each refresh continues the inner Adam's moments (one long attack)
     robust_weight: float = 1.0  # weight of the adversarial ESD loss
 
     def __post_init__(self):

@@ -443,7 +443,7 @@ class _Adversary:
                 self.soft[k] = embedding_attack(
                     self.target, self.latents[k], self.TEMPLATE, n_tokens=c.robust_tokens, steps=c.robust_attack_steps,
                     lr=c.robust_lr, init=self.soft.get(k, c.concepts[k]), batch_size=c.robust_batch,
-                    keep_moments=c.robust_keep_moments, generator=self.generator)
+                    generator=self.generator)
             self.cond.pop(k, None)
         if k not in self.cond:
             with torch.no_grad():
@@ -455,11 +455,6 @@ class _Adversary:
         for k, soft in self.soft.items():
             for e, v in enumerate(soft.vectors):
                 out[f"robust/soft/{k}/{e}"] = v.cpu().contiguous()
-            if soft.moments is not None:  # the inner Adam's moments, continued with robust_keep_moments
-                out[f"robust/moments/{k}/step"] = torch.tensor(soft.moments["step"])
-                for e, (avg, avg_sq) in enumerate(soft.moments["tensors"]):
-                    out[f"robust/moments/{k}/{e}/exp_avg"] = avg.cpu().contiguous()
-                    out[f"robust/moments/{k}/{e}/exp_avg_sq"] = avg_sq.cpu().contiguous()
         return out
 
     def load_state(self, tensors: dict[str, torch.Tensor]) -> None:
@@ -471,12 +466,7 @@ class _Adversary:
             vectors = [tensors[f"robust/soft/{k}/{e}"] for e in range(len(self.target.text_encoders))
                        if f"robust/soft/{k}/{e}" in tensors]
             if vectors:
-                moments = None
-                if f"robust/moments/{k}/step" in tensors:
-                    moments = {"step": int(tensors[f"robust/moments/{k}/step"]),
-                               "tensors": [[tensors[f"robust/moments/{k}/{e}/exp_avg"],
-                                            tensors[f"robust/moments/{k}/{e}/exp_avg_sq"]] for e in range(len(vectors))]}
-                self.soft[k] = SoftPrompt([self.TEMPLATE], vectors, [0], moments=moments)
+                self.soft[k] = SoftPrompt([self.TEMPLATE], vectors, [0])
 
 
 def train(base: BaseModel, config: EraseConfig, device: str | torch.device | None = None,

@@ -158,27 +158,6 @@ def test_warm_start_continues_from_a_soft_prompt(tiny):
         embedding_attack(target, latents, "{} circle", n_tokens=3, steps=1, lr=1e-1, init=first)
 
 
-def test_keep_moments_makes_short_calls_one_optimisation(tiny_sd):
-    """Robust ESD refreshes its adversarial prompt in short calls: with keep_moments, 2 + 2 steps
-    are the 4-step attack exactly (Adam's moments carried over); a fresh Adam each call is not."""
-    target = AttackTarget.from_pipeline(load_base(tiny_sd).pipeline)
-    latents = torch.randn(4, 4, 16, 16, generator=torch.Generator().manual_seed(1))
-    kwargs = dict(n_tokens=2, lr=1e-1, batch_size=2)
-    whole = embedding_attack(target, latents, "{} circle", steps=4, init="circle",
-                             generator=torch.Generator().manual_seed(0), **kwargs)
-    assert whole.moments["step"] == 4
-    halves = {}
-    for keep in (True, False):
-        g = torch.Generator().manual_seed(0)
-        first = embedding_attack(target, latents, "{} circle", steps=2, init="circle", generator=g, **kwargs)
-        halves[keep] = embedding_attack(target, latents, "{} circle", steps=2, init=first, generator=g,
-                                        keep_moments=keep, **kwargs)
-    for w, k, f in zip(whole.vectors, halves[True].vectors, halves[False].vectors):
-        torch.testing.assert_close(k, w, rtol=0, atol=1e-6)
-        assert (f - w).abs().max() > 1e-3
-    assert halves[True].moments["step"] == 4 and halves[False].moments["step"] == 2
-
-
 # ---------------------------------------------------------------------------- errors
 
 @pytest.mark.parametrize("overrides, message", [
