@@ -124,3 +124,24 @@ def test_default_steps_grow_with_the_number_of_concepts():
     assert EraseConfig.for_model("toy", ["circle", "square", "triangle", "cross", "plain"], method="u").steps == 300
     assert EraseConfig.for_model("sd1", [f"artist {i}" for i in range(50)], method="x").steps == 8000
     assert EraseConfig.for_model("toy", ["circle", "square"], method="x", steps=7).steps == 7
+
+
+def test_any_erased_sees_every_erased_concept_on_a_barely_edited_model(tmp_path, monkeypatch):
+    """benchmarks/multi_concept.py's any_erased: on an edit of one tiny step the erased prompts
+    still draw their own objects, so it must read ~100% for each (and it asks for erased objects
+    only: a prompt whose object is not erased would not count)."""
+    import sys
+    from pathlib import Path
+
+    from esd_sdk import erase
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from multi_concept import any_erased
+
+    base = load_base("toy")
+    out = tmp_path / "edit"
+    erase(base, ["circle", "square"], method="x", out=out, steps=1, lr=1e-6, ddim_steps=2, progress=False)
+    rates = any_erased(base, out, n=2)
+    assert set(rates) == {"circle", "square"}
+    assert all(r >= 0.85 for r in rates.values()), rates
+    sys.modules.pop("multi_concept", None)
