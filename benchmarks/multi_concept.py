@@ -79,21 +79,17 @@ def timing(out: Path, rounds: int = 3) -> dict:
 
 def any_erased(base, artifact: Path, n: int) -> dict:
     """Per erased concept, the share of its erased-prompt images (the eval's prompts and seeds) in
-    which the judge sees *any* erased concept (object, or style for styles): a "circle" prompt that draws a triangle counts as
-    erased in the eval (it shows no circle) but here as the edit drawing another erased concept."""
+    which the judge sees *any* erased concept (the object, or the style for styles): a "circle"
+    prompt that draws a triangle counts as erased in the eval (it shows no circle) but here as the
+    edit drawing another erased concept."""
     from esd_sdk.artifact import load_edited_unet
     from esd_sdk.evaluate import measure, sampler_config, toy_prompt_sets
-    from esd_sdk.scorers import Scorer, Scores
+    from esd_sdk.scorers import Scores, ToyJudgeScorer
 
     concepts = json.loads((artifact / "esd.json").read_text())["concepts"]
 
-    class AnyErased(Scorer):
-        name, metric = "toy-any-erased", "toy judge: any erased object"
-
-        def __init__(self):
-            from esd_sdk.toy import load_judge
-
-            self.judge = load_judge()
+    class AnyErased(ToyJudgeScorer):
+        name, metric = "toy-any-erased", "toy judge: any erased concept"
 
         def score(self, images, rows):
             import numpy as np
