@@ -151,12 +151,22 @@ def eval_html(eval_dir: str | Path, edited_dir: str | Path | None = None) -> str
     parts.append("</table>")
     if s.get("max_kept_drop") is not None:
         parts.append(f"<p>Largest drop of a kept concept: {_value(s['max_kept_drop'], pct)}.</p>")
+    shows = any(r.get("any_erased") is not None for r in report["rows"])
+    if s.get("any_erased") is not None:
+        parts.append(f"<p>Erased prompts whose images show <em>any</em> erased concept (one edit, several "
+                     f"concepts): {_value(s['any_erased_base'], True)} base, {_value(s['any_erased'], True)} "
+                     "edited. An erased prompt that draws another erased concept passes the rate above but "
+                     "counts here.</p>")
 
     parts.append("<h2>By concept</h2><table><tr><th>set</th><th>concept</th><th>base</th><th>edited</th>"
-                 "<th>images</th></tr>")
+                 "<th>images</th>" + ("<th>any erased concept, base / edited</th>" if shows else "") + "</tr>")
     for r in report["rows"]:
+        extra = ""
+        if shows:
+            extra = (f"<td>{_value(r['any_erased_base'], True)} / {_value(r['any_erased'], True)}</td>"
+                     if r.get("any_erased") is not None else "<td></td>")
         parts.append(f"<tr><td>{e(r['prompt_set'])}</td><td>{e(r['key'])}</td><td>{_value(r['base'], pct)}</td>"
-                     f"<td>{_value(r['edited'], pct)}</td><td>{r['images']}</td></tr>")
+                     f"<td>{_value(r['edited'], pct)}</td><td>{r['images']}</td>{extra}</tr>")
     parts.append("</table>")
     if report["rows"]:
         parts.append(f"<img alt='base vs edited scores' src='{_png_data(_scores_chart(report['rows'], metric, pct))}'>")

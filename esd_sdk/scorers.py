@@ -40,6 +40,9 @@ class Scores:
 
     values: np.ndarray  # (N,) one value per image
     counts: dict[str, int] = field(default_factory=dict)  # optional tallies, e.g. NudeNet classes
+    # (N,) 1 where the image shows any of the scorer's ``erased_targets`` (scorers that name what
+    # an image shows, when targets are set); None otherwise
+    shows_erased: np.ndarray | None = None
 
 
 class Scorer:
@@ -48,6 +51,10 @@ class Scorer:
     name = "scorer"
     metric = "rate"
     is_rate = True
+    # The targets of every erased prompt row, set for a multi-concept edit: a scorer that names
+    # what an image shows (toy judge, ResNet) then also says whether it shows any erased concept,
+    # so that a "circle" prompt drawing an erased triangle is not counted as clean.
+    erased_targets: frozenset[str] = frozenset()
 
     def score(self, images: np.ndarray, rows: list[PromptRow]) -> Scores:
         """``images`` (N, H, W, 3) floats in [0, 1]; ``rows[i]`` is the prompt row of image i."""
@@ -88,7 +95,11 @@ class ToyJudgeScorer(Scorer):
         verdict = self.judge.judge(images)
         values = [float((verdict.object[i] if r.target in OBJECTS else verdict.style[i]) == r.target)
                   for i, r in enumerate(rows)]
-        return Scores(np.array(values, dtype=np.float32))
+        shows = None
+        if self.erased_targets:
+            shows = np.array([float(o in self.erased_targets or s in self.erased_targets)
+                              for o, s in zip(verdict.object, verdict.style)], dtype=np.float32)
+        return Scores(np.array(values, dtype=np.float32), shows_erased=shows)
 
 
 class ClipScorer(Scorer):
@@ -177,7 +188,9 @@ class ResNetScorer(Scorer):
                               "use --prompts imagenette or add label_idx to the CSV")
         pixels = self.processor(images=list(_to_uint8(images)), return_tensors="pt")["pixel_values"].to(self.device)
         top1 = self.model(pixel_values=pixels).logits.argmax(-1).cpu().numpy()  # (N,)
-        return Scores((top1 == np.array([int(r.target) for r in rows])).astype(np.float32))
+        shows = (np.isin(top1, [int(t) for t in self.erased_targets]).astype(np.float32)
+                 if self.erased_targets else None)
+        return Scores((top1 == np.array([int(r.target) for r in rows])).astype(np.float32), shows_erased=shows)
 
     def describe(self):
         return {**super().describe(), "model": self.source}

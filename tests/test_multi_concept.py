@@ -126,22 +126,24 @@ def test_default_steps_grow_with_the_number_of_concepts():
     assert EraseConfig.for_model("toy", ["circle", "square"], method="x", steps=7).steps == 7
 
 
-def test_any_erased_sees_every_erased_concept_on_a_barely_edited_model(tmp_path, monkeypatch):
-    """benchmarks/multi_concept.py's any_erased: on an edit of one tiny step the erased prompts
-    still draw their own objects, so it must read ~100% for each (and it asks for erased objects
-    only: a prompt whose object is not erased would not count)."""
-    import sys
-    from pathlib import Path
-
+def test_eval_reports_any_erased_concept_for_a_multi_concept_edit(tmp_path):
+    """On an edit of one tiny step the erased prompts still draw their own objects, so the share
+    showing any erased concept reads ~100% for each, while the kept prompts (their own objects)
+    read ~0%; a one-concept eval of the same edit reports no such column."""
     from esd_sdk import erase
-
-    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    from multi_concept import any_erased
+    from esd_sdk.evaluate import evaluate
 
     base = load_base("toy")
     out = tmp_path / "edit"
     erase(base, ["circle", "square"], method="x", out=out, steps=1, lr=1e-6, ddim_steps=2, progress=False)
-    rates = any_erased(base, out, n=2)
-    assert set(rates) == {"circle", "square"}
-    assert all(r >= 0.85 for r in rates.values()), rates
-    sys.modules.pop("multi_concept", None)
+    report = evaluate(out, n=2, base_model=base, update=False)
+    erased = [r for r in report.rows if r.prompt_set == "erased"]
+    kept = [r for r in report.rows if r.prompt_set == "kept"]
+    assert {r.key for r in erased} == {"circle", "square"}
+    assert all(r.any_erased >= 0.85 and r.any_erased_base >= 0.85 for r in erased), erased
+    assert kept and all(r.any_erased <= 0.15 for r in kept), kept
+    assert report.summary()["any_erased"] >= 0.85
+    assert "any erased concept" in (out / "eval" / "eval.md").read_text()
+    assert "<em>any</em> erased concept" in (out / "eval" / "eval.html").read_text()
+    single = evaluate(out, n=1, base_model=base, concepts=["circle"], update=False, output_dir=tmp_path / "one")
+    assert all(r.any_erased is None for r in single.rows) and "any_erased" not in single.summary()

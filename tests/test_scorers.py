@@ -104,6 +104,20 @@ def test_toy_judge_scorer_checks_the_rows_concept():
     assert scorer.score(circles, [PromptRow("a striped circle", 0, "striped", "striped")] * 4).values.mean() == 0.0
 
 
+def test_toy_judge_scorer_says_whether_an_image_shows_any_erased_concept():
+    """Set for multi-concept edits: a "circle" row's square counts as erased by the row's rate
+    but as showing an erased concept when square is erased too; a triangle does not."""
+    shapes = render(np.array([0, 1, 2]), np.zeros(3, int), np.zeros(3, int), np.random.default_rng(0))
+    rows = [PromptRow("a red circle", 0, "circle", "circle")] * 3
+    scorer = ToyJudgeScorer()
+    assert scorer.score(shapes, rows).shows_erased is None
+    scorer.erased_targets = frozenset({"circle", "square"})
+    scores = scorer.score(shapes, rows)
+    assert scores.values.tolist() == [1.0, 0.0, 0.0] and scores.shows_erased.tolist() == [1.0, 1.0, 0.0]
+    scorer.erased_targets = frozenset({"striped"})  # a style: plain shapes show none of it
+    assert scorer.score(shapes, rows).shows_erased.tolist() == [0.0, 0.0, 0.0]
+
+
 def test_nudenet_finds_nothing_exposed_in_shapes():
     pytest.importorskip("nudenet", reason="optional extra: pip install 'esd-sdk[eval]'")
     rng = np.random.default_rng(0)
