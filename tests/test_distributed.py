@@ -81,8 +81,10 @@ def test_two_processes_match_one_with_the_same_global_batch_and_resume_after_ctr
     single = train(load_base(tiny_sd), EraseConfig(**SETTINGS, batch_size=2, steps=steps), progress=False)
     assert manifest["training"]["final_loss"] == pytest.approx(single.losses[-1], rel=1e-4)
     edited = dict(load_edited_unet(out).named_parameters())
+    # gloo's all-reduce sums in another order than one process: 4.7-5.6e-6 on 2 of 1024 elements on an
+    # AVX-512 EPYC (at 5e3de09 too), next to Adam steps of ~1e-3 a step
     for name in single.selection.tensors:
-        torch.testing.assert_close(edited[name], dict(single.unet.named_parameters())[name], rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(edited[name], dict(single.unet.named_parameters())[name], rtol=1e-4, atol=2e-5)
 
 
 def test_robust_esd_refuses_several_processes(tiny_sd):
