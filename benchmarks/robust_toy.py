@@ -105,7 +105,8 @@ def timing(base, args) -> dict:
 def markdown(data: dict) -> str:
     pct = lambda v: "n/a" if v is None else f"{100 * v:.1f}%"  # noqa: E731
     frac = pct
-    lines = [f"Toy world, toy defaults, erase seed {data['settings'].get('seed', 0)}, eval seed 0; {data['n']} images per prompt, toy judge; {data['threads']} torch "
+    lines = [f"Toy world, toy defaults, erase seed {data['settings'].get('seed', 0)}, eval seed 0; "
+             f"{data['n']} images per prompt, toy judge; {data['threads']} torch "
              f"thread(s). Robust settings: {data['rows'][0]['robust_settings'] or 'defaults'}; preserve: "
              f"{data['preserve'] or 'none'}.", "",
              "| erase | variant | plain prompts | inversion ASR | embedding ASR | control inv. / emb. (base) | max kept drop | erase s |",

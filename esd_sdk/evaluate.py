@@ -102,7 +102,8 @@ class EvalReport:
         fmt = (lambda v: f"{100 * v:.1f}%") if pct else (lambda v: f"{v:.2f}")  # noqa: E731
         unit = " pts" if pct else ""
         shows = any(r.any_erased is not None for r in self.rows)
-        head = "| set | concept | base | edited | drop | images |" + (" any erased concept, base / edited |" if shows else "")
+        head = "| set | concept | base | edited | drop | images |"
+        head += " any erased concept, base / edited |" if shows else ""
         lines = [f"Scores: {metric}.", "", head, "| --- " * (7 if shows else 6) + "|"]
         for r in self.rows:
             drop = 100 * r.drop if pct else r.drop

@@ -15,7 +15,7 @@ N = 6  # images per prompt; every rate below is over 24 images per key
 # circle (ESD-u) and striped (ESD-x) on an AMD EPYC (Zen 3, AVX2) at 0f8de96 and since. The bar is that
 # ESD erases (from >= 90%), so it allows 3 of 24; README figures are at 8 images per prompt.
 ERASED_BAR = 0.15
-# ESD-u "circle" on an AMD EPYC with AVX-512 (the CPU of 2026-12-02) leaves 7 of 24 (29.2%) at the
+# ESD-u "circle" on an AMD EPYC with AVX-512 (the second VM of 2026-12-02; the Zen 3 one gave 3 of 24) leaves 7 of 24 (29.2%) at the
 # landed 5e3de09 as at this commit: its float kernels move the toy default across a threshold. Until
 # the toy defaults are retuned to sit clear of it, the ESD-u bar is "mostly erased" (from >= 90%), and
 # the synonym ("disk", 8 of 24 there) may sit 10 points above it.
