@@ -192,6 +192,8 @@ def _slug(text: str) -> str:
 @click.option("--robust-attack-steps", type=int, help="Robust: inner attack steps per refresh [10].")
 @click.option("--robust-every", type=int, help="Robust: steps between refreshes of the adversarial prompt [1].")
 @click.option("--robust-batch", type=int, help="Robust: concept latents per inner attack step, drawn from 8 [8].")
+@click.option("--robust-start", type=float,
+              help="Robust: fraction of the steps trained as plain ESD before the inner attack joins [0].")
 @click.option("--device", help="torch device [cuda if available, else cpu].")
 @click.option("--processes", type=click.IntRange(min=1), default=1, show_default=True,
               help="Data-parallel processes on this machine, started with accelerate launch (one per GPU; "

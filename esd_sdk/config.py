@@ -93,6 +93,10 @@ class EraseConfig:
     robust_images: int = 8  # concept latents (from the frozen model) the inner attack learns from
     robust_batch: int = 8  # of those, latents per inner attack step (drawn at random each step)
     robust_weight: float = 1.0  # weight of the adversarial ESD loss
+    # Fraction of the steps trained as plain ESD before the inner attack joins: while the concept's
+    # own words still bring it back, they are the strongest attack there is, and the inner attack's
+    # cost is spent only where it finds something the words no longer do.
+    robust_start: float = 0.0
 
     def __post_init__(self):
         # Own copies, normalised: a list the caller passed is never aliased or changed.
@@ -159,6 +163,9 @@ class EraseConfig:
                 raise ConfigError(f"{name.replace('_', ' ')} must be positive, got {getattr(self, name)}")
         if not self.robust_lr > 0 or self.robust_weight < 0:
             raise ConfigError(f"robust lr must be > 0 and robust weight >= 0, got {self.robust_lr}, {self.robust_weight}")
+        if not 0 <= self.robust_start < 1:
+            raise ConfigError(f"robust start must be a fraction of the steps in [0, 1), got {self.robust_start}: "
+                              "e.g. 0.5 starts the inner attack half-way")
         if self.sample_guidance < 0 or self.preserve_weight < 0:
             raise ConfigError("sample guidance and preserve weight must be >= 0")
         return self

@@ -280,14 +280,15 @@ class _Trainer:
         # 3. the edited model's predictions for the concept (and preserved prompts, and the
         #    adversarial prompt of robust ESD, which must follow the same target), with autograd
         edit_parts = parts[1:]
-        if self.adversary is not None:
+        adversarial = self.adversary is not None and self.adversary.active(self.step)
+        if adversarial:
             edit_parts = edit_parts + [self.adversary.conditioning(k, self.step).index([0] * b)]
         with _autocast(self.device, c.precision):
             pred = self._predict(x.repeat(len(edit_parts), 1, 1, 1), t, Conditioning.cat(edit_parts), frozen=False).float()
         loss = F.mse_loss(pred[:b], target)
         if n_keep:
             loss = loss + c.preserve_weight * F.mse_loss(pred[b:(1 + n_keep) * b], frozen[2 * b:])
-        if self.adversary is not None:
+        if adversarial:
             loss = loss + c.robust_weight * F.mse_loss(pred[(1 + n_keep) * b:], target)
         return loss
 
@@ -415,6 +416,7 @@ class _Adversary:
     (`esd_sdk.attack.embedding_attack`, warm-started) against the model being edited, on latents
     of the concept sampled once from the frozen model. The trainer then asks the edited model's
     prediction for that prompt to follow the same negatively guided target as the concept's.
+    Before ``robust_start`` of the steps the trainer is plain ESD: no attack, no adversarial term.
     """
 
     TEMPLATE = "{}"
@@ -432,6 +434,11 @@ class _Adversary:
                                    for _ in range(runs)])[:c.robust_images].cpu() for k in range(len(trainer.concepts))]
         self.soft: dict = {}  # concept -> its adversarial SoftPrompt
         self.cond: dict[int, Conditioning] = {}  # concept -> that prompt encoded (until the next refresh)
+
+    def active(self, step: int) -> bool:
+        """Whether the inner attack runs at ``step`` (from ``robust_start`` of the steps on)."""
+        c = self.trainer.config
+        return step >= int(c.robust_start * c.steps)
 
     def conditioning(self, k: int, step: int) -> Conditioning:
         """The adversarial prompt of concept ``k``, refreshed against the current model when due."""

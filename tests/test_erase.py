@@ -269,6 +269,25 @@ def test_robust_erase_trains_against_an_adversarial_prompt(model, request, monke
     assert weights_hash(base.unet) == before and weights_hash(state.unet) != before
 
 
+def test_robust_start_runs_the_inner_attack_only_from_that_fraction_of_the_steps(tiny_sd, monkeypatch):
+    from esd_sdk import attack
+
+    calls = []
+    original = attack.learn_tokens
+    monkeypatch.setattr(attack, "learn_tokens", lambda *a, **k: calls.append(1) or original(*a, **k))
+    config = EraseConfig(concepts=["circle"], method="x", **FAST, **{**ROBUST, "robust_every": 1}, robust_start=0.5)
+    state = train(load_base(tiny_sd), config, progress=False)
+    assert len(calls) == 2  # steps 2 and 3 of 4; steps 0 and 1 are plain ESD
+    assert len(state.losses) == 4 and all(math.isfinite(loss) for loss in state.losses)
+    assert state.config.robust_start == 0.5
+
+
+@pytest.mark.parametrize("start", [-0.1, 1.0])
+def test_robust_start_outside_0_1_is_a_one_line_error(start):
+    with pytest.raises(ConfigError, match=r"robust start must be a fraction of the steps in \[0, 1\)"):
+        EraseConfig(concepts=["circle"], robust=True, robust_start=start).validate()
+
+
 def _straight_and_resumed(model, out, config: dict, monkeypatch, at: int = 3):
     """The same erase run straight through, and interrupted at step ``at`` then resumed."""
     straight = train(load_base(model), EraseConfig(**config), progress=False)
