@@ -4,6 +4,7 @@ what does it cost the kept concepts, and how much longer does it take?
     python benchmarks/robust_toy.py                              # ESD-u "circle" and ESD-x "striped"
     python benchmarks/robust_toy.py --only circle --robust-every 2 --robust-attack-steps 10
     python benchmarks/robust_toy.py --only circle --preserve square --timing 1x5 1x10   # erase time only
+    python benchmarks/robust_toy.py --only circle --preserve square --timing 1x10 1x10@0.5  # @: --robust-start
 
 For each erase, plain and robust are trained back to back from the same base and seed (the erase
 time ratio is measured side by side, in one process), then scored the same way:
@@ -75,9 +76,11 @@ def timing(base, args) -> dict:
     concept = (args.only or ["circle"])[0]
     keep = shared_settings(concept, args)
     variants = {"plain": {}}
-    for spec in args.timing:
-        every, steps = (int(v) for v in spec.lower().split("x"))
-        variants[f"robust {every}x{steps}"] = {"robust": True, "robust_every": every, "robust_attack_steps": steps}
+    for spec in args.timing:  # EVERYxSTEPS, or EVERYxSTEPS@START (--robust-start)
+        budget, _, start = spec.lower().partition("@")
+        every, steps = (int(v) for v in budget.split("x"))
+        variants[f"robust {spec}"] = {"robust": True, "robust_every": every, "robust_attack_steps": steps,
+                                      **({"robust_start": float(start)} if start else {})}
     seconds: dict[str, list[float]] = {name: [] for name in variants}
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.rounds):
@@ -137,8 +140,9 @@ def main() -> None:
     parser.add_argument("--preserve-weight", type=float)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", type=setting,
                         help="an EraseConfig override for both variants, e.g. steps=200 (repeatable)")
-    parser.add_argument("--timing", nargs="+", metavar="EVERYxSTEPS",
-                        help="time the erases only (no scoring): plain vs robust at each setting, e.g. 1x5 1x10")
+    parser.add_argument("--timing", nargs="+", metavar="EVERYxSTEPS[@START]",
+                        help="time the erases only (no scoring): plain vs robust at each setting, e.g. 1x5 1x10 "
+                             "1x10@0.5 (@: --robust-start)")
     parser.add_argument("--rounds", type=int, default=2, help="--timing: alternating rounds [2]")
     parser.add_argument("--variants", nargs="+", default=["plain", "robust"], choices=["plain", "robust"])
     parser.add_argument("--device", help="torch device for erases, scoring and attacks, e.g. cuda [cpu]")
