@@ -389,13 +389,14 @@ class Service:
                     item.set_exception(e)
             else:
                 run = time.perf_counter() - start
-                for item, image in zip(batch, images):
-                    item.set_result(Result(image, item.request.seed, len(batch), start - item.submitted, run,
-                                           first.variant))
+                # Count first, then answer: a caller that reads the stats after its result sees its images.
                 with self._cond:
                     self._batches[first.variant] += 1
                     self._images[first.variant] += len(batch)
                     self._batch_sizes[len(batch)] += 1
+                for item, image in zip(batch, images):
+                    item.set_result(Result(image, item.request.seed, len(batch), start - item.submitted, run,
+                                           first.variant))
             finally:
                 with self._cond:
                     self._in_flight = 0
