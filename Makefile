@@ -46,7 +46,7 @@ demo: $(STAMP)
 	@echo "serve it: $(BIN)/esd-sdk serve --model $(DEMO)/erased-circle --backend onnxruntime"
 
 test: $(STAMP)
-	# two pytest-xdist workers (whole files each, one torch thread each): 8 min 24 s on 2 cores at an earlier stop, 14 min 10 s on a Zen 3 EPYC VM 6 min 21 s to 8 min 39 s on an AVX-512 EPYC VM (both 2026-12-02, 285 passed), 15 min 49 s on a slower EPYC VM at a later stop (288 passed; test_esd_u_erases_an_object_and_keeps_the_others alone 413 s)
+	# two pytest-xdist workers (whole files each, one torch thread each): 8 min 24 s on 2 cores at an earlier stop, 14 min 10 s on a Zen 3 EPYC VM and 6 min 21 s to 8 min 39 s on an AVX-512 EPYC VM (both 2026-12-02, 285 passed), 15 min 49 s on a slower EPYC VM at a later stop (288 passed; test_esd_u_erases_an_object_and_keeps_the_others alone 413 s)
 	$(BIN)/python -m pytest -n 2 --dist loadfile
 
 clean:

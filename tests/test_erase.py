@@ -272,14 +272,21 @@ def test_robust_erase_trains_against_an_adversarial_prompt(model, request, monke
 def test_robust_start_runs_the_inner_attack_only_from_that_fraction_of_the_steps(tiny_sd, monkeypatch):
     from esd_sdk import attack
 
-    calls = []
-    original = attack.learn_tokens
+    calls, trained = [], []
+    original, predict = attack.learn_tokens, _Trainer._predict
     monkeypatch.setattr(attack, "learn_tokens", lambda *a, **k: calls.append(1) or original(*a, **k))
+
+    def recording(self, x, t, cond, frozen):
+        if not frozen and torch.is_grad_enabled():  # the edited model's pass that the loss trains
+            trained.append(x.shape[0])
+        return predict(self, x, t, cond, frozen)
+
+    monkeypatch.setattr(_Trainer, "_predict", recording)
     config = EraseConfig(concepts=["circle"], method="x", **FAST, **{**ROBUST, "robust_every": 1}, robust_start=0.5)
     state = train(load_base(tiny_sd), config, progress=False)
     assert len(calls) == 2  # steps 2 and 3 of 4; steps 0 and 1 are plain ESD
+    assert trained == [1, 1, 2, 2]  # the adversarial prompt joins the trained batch at step 2
     assert len(state.losses) == 4 and all(math.isfinite(loss) for loss in state.losses)
-    assert state.config.robust_start == 0.5
 
 
 @pytest.mark.parametrize("start", [-0.1, 1.0])
