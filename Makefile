@@ -46,8 +46,10 @@ demo: $(STAMP)
 	@echo "serve it: $(BIN)/esd-sdk serve --model $(DEMO)/erased-circle --backend onnxruntime"
 
 test: $(STAMP)
-	# two pytest-xdist workers (whole files each, one torch thread each): 8 min 24 s on 2 cores at an earlier stop, 14 min 10 s on a Zen 3 EPYC VM and 6 min 21 s to 8 min 39 s on an AVX-512 EPYC VM (both 2026-12-02, 285 passed), 15 min 49 s on a slower EPYC VM at a later stop (288 passed; test_esd_u_erases_an_object_and_keeps_the_others alone 413 s)
-	$(BIN)/python -m pytest -n 2 --dist loadfile
+	# two pytest-xdist workers (whole files each, one torch thread each; OMP_WAIT_POLICY=PASSIVE: threads waiting at
+	# an OpenMP barrier sleep instead of spinning on the other worker's core): 10 min 54 s on an AMX Xeon VM at
+	# stop 23 (289 passed, 13 skipped; 13 min 57 s on an AMX Xeon VM at stop 22, before the shared toy erase and PASSIVE)
+	OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m pytest -n 2 --dist loadfile
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info

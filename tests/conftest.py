@@ -6,8 +6,15 @@ import os
 from pathlib import Path
 
 import pytest
-import torch
 
+# Threads that wait at an OpenMP barrier sleep instead of spinning: the toy-erase tests run two
+# torch threads beside the other worker's one on two cores, and spinning made them ~4x slower
+# (measured: a 2-thread toy erase beside a 1-thread load, 54.9 s spinning, 20.5 s passive, 12.5 s
+# alone). Read when libgomp loads, so before torch is imported (hence torch's TracerWarning filter
+# is added below, not in pyproject.toml, whose filters pytest imports first); numerics do not change.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch  # noqa: E402
 
 from esd_sdk.testing import build_random_sd, build_random_sdxl
 
@@ -54,6 +61,31 @@ def erased_sdxl(tiny_sdxl, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def toy_circle_u(tmp_path_factory) -> Path:
+    """ESD-u "circle" erased from the toy at its defaults (seed 0) and two torch threads, the count
+    the toy defaults were tuned at: once per test run, shared by the xdist workers through a file
+    lock (the erase writes to a hidden directory and renames it into place). Read-only: tests that
+    change an artifact copy it first."""
+    from filelock import FileLock
+
+    from esd_sdk.training import erase
+
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the run's temp root, shared by every worker
+    out = root / "toy-circle-u"
+    with FileLock(str(root / "toy-circle-u.lock")):
+        if not (out / "esd.json").is_file():
+            threads = torch.get_num_threads()
+            torch.set_num_threads(2)
+            try:
+                erase("toy", "circle", method="u", out=out, progress=False)
+            finally:
+                torch.set_num_threads(threads)
+    return out
+
+
+@pytest.fixture(scope="session")
 def erased_toy(tmp_path_factory) -> Path:
     return _erased("toy", tmp_path_factory.mktemp("erased_toy") / "erased")
 
@@ -64,6 +96,10 @@ def tiny_sd_copy(tiny_sd, tmp_path) -> Path:
     import shutil
 
     return Path(shutil.copytree(tiny_sd, tmp_path / "model"))
+
+
+def pytest_configure(config):
+    config.addinivalue_line("filterwarnings", "ignore::torch.jit.TracerWarning")
 
 
 def pytest_collection_modifyitems(config, items):

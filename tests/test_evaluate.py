@@ -1,5 +1,6 @@
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -7,16 +8,14 @@ from PIL import Image
 
 from esd_sdk import load_base
 from esd_sdk.cli import cli
-from esd_sdk.training import erase
 from esd_sdk.evaluate import evaluate, sweep
 from esd_sdk.artifact import load_manifest
 
 
 @pytest.fixture(scope="module")
-def erased_circle(tmp_path_factory):
-    out = tmp_path_factory.mktemp("eval") / "erased-circle"
-    erase("toy", "circle", method="u", out=out, progress=False)
-    return out
+def erased_circle(toy_circle_u, tmp_path_factory):
+    """ESD-u "circle" at the toy defaults: this module's own copy, since eval writes into it."""
+    return Path(shutil.copytree(toy_circle_u, tmp_path_factory.mktemp("eval") / "erased-circle"))
 
 
 def test_eval_reports_erasure_grids_and_updates_the_manifest(erased_circle, tmp_path):
