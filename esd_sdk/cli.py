@@ -172,6 +172,8 @@ def _slug(text: str) -> str:
 @click.option("--eta", "negative_guidance", type=float, help="Negative guidance eta (paper: 1.0).")
 @click.option("--steps", type=int, help="Optimisation steps, each training every concept (paper: 1000; the toy: 100; N concepts: x ceil(sqrt(N))).")
 @click.option("--lr", type=float, help="Adam learning rate (paper: 1e-5).")
+@click.option("--lr-schedule", type=click.Choice(["constant", "cosine"]),
+              help="Learning rate over the steps: constant (paper) or cosine decay to 0 [constant].")
 @click.option("--preserve", multiple=True, help="Prompt whose predictions stay the base model's; repeat for several.")
 @click.option("--preserve-weight", type=float, help="Weight of the preservation loss [1.0].")
 @click.option("--preserve-on", type=click.Choice(["concept", "own", "both"]),

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 PRECISIONS = ("fp32", "bf16", "fp16")
 SAMPLERS = ("edited", "frozen")
 PRESERVE_ON = ("concept", "own", "both")
+LR_SCHEDULES = ("constant", "cosine")
 
 # Tuned against the toy world's judge (benchmarks/toy_erasure.py; figures in README): the
 # toy UNet is tiny, so fewer, larger steps; 4 trajectories a step steady the noisy single-sample
@@ -67,6 +68,7 @@ class EraseConfig:
     negative_guidance: float = 1.0  # eta: target = e*(x,t) - eta * (e*(x,c,t) - e*(x,t)); paper's eta
     steps: int = 1000  # optimisation steps (each one a pass per concept: the work grows with the concepts)
     lr: float = 1e-5  # Adam learning rate
+    lr_schedule: str = "constant"  # constant (the paper) | cosine: lr * (1 + cos(pi * step / steps)) / 2
     batch_size: int = 1  # trajectories per concept and step, per process (global: processes x this)
     ddim_steps: int = 50  # DDIM steps of the x_t trajectory; t_enc ~ U{0..ddim_steps-1}
     sample_guidance: float = 3.0  # classifier-free guidance while sampling x_t
@@ -157,6 +159,8 @@ class EraseConfig:
             raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got '{self.precision}'")
         if self.sampler not in SAMPLERS:
             raise ConfigError(f"sampler must be one of {', '.join(SAMPLERS)}, got '{self.sampler}'")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ConfigError(f"lr schedule must be one of {', '.join(LR_SCHEDULES)}, got '{self.lr_schedule}'")
         if self.preserve_on not in PRESERVE_ON:
             raise ConfigError(f"preserve on must be one of {', '.join(PRESERVE_ON)}, got '{self.preserve_on}'")
         for name in ("robust_tokens", "robust_attack_steps", "robust_every", "robust_images", "robust_batch"):

@@ -328,11 +328,21 @@ class _Trainer:
             raise NonFiniteLossError(
                 f"loss became {loss} at step {self.step + 1}; the last good checkpoint is kept"
                 f"{' in ' + str(self.checkpoint_dir) if self.checkpoint_dir else ''}: lower --lr or use --precision fp32")
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr_at(self.step)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.step += 1
         self.losses.append(loss)
         return loss
+
+    def lr_at(self, step: int) -> float:
+        """The learning rate of (0-based) ``step``: a function of the step alone, so a resumed run
+        continues the schedule exactly."""
+        c = self.config
+        if c.lr_schedule == "cosine":
+            return c.lr * 0.5 * (1 + math.cos(math.pi * step / c.steps))
+        return c.lr
 
     def release(self) -> None:
         """Training is over: the UNet gets its exact fp32 frozen weights back."""

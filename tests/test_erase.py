@@ -165,6 +165,7 @@ def test_bf16_autocast_keeps_fp32_master_weights(tiny_sd):
     (dict(precision="fp8"), "precision"),
     (dict(concepts=["circle"], preserve=["circle"]), "both erased and preserved"),
     (dict(preserve_on="kept"), "preserve on must be one of concept, own, both"),
+    (dict(lr_schedule="linear"), "lr schedule must be one of constant, cosine"),
 ])
 def test_config_validation(changes, message):
     with pytest.raises(ConfigError, match=message):
@@ -380,3 +381,28 @@ def test_preserve_on_both_resumes_exactly(tiny_sd, tmp_path, monkeypatch):
     assert resumed.losses == straight.losses
     a, b = _params(straight.unet), _params(resumed.unet)
     assert all(torch.equal(a[n], b[n]) for n in a)
+
+
+def test_cosine_schedule_decays_the_step_and_resumes_exactly(tiny_sd, tmp_path, monkeypatch):
+    """Each Adam step uses lr * (1 + cos(pi * step / steps)) / 2, read back from the optimiser as
+    it steps; an interrupted run picks the schedule up where it stopped."""
+    config = dict(concepts=["circle"], method="x", steps=6, lr=1e-3, ddim_steps=6, lr_schedule="cosine")
+    used = []
+    real_step = torch.optim.Adam.step
+
+    def spy(self, *args, **kwargs):
+        used.append(self.param_groups[0]["lr"])
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", spy)
+    constant = train(load_base(tiny_sd), EraseConfig(**{**config, "lr_schedule": "constant"}), progress=False)
+    assert used == [1e-3] * 6
+    used.clear()
+    cosine = train(load_base(tiny_sd), EraseConfig(**config), progress=False)
+    assert used == pytest.approx([1e-3 * (1 + math.cos(math.pi * s / 6)) / 2 for s in range(6)])
+    assert used[0] == 1e-3 and used[-1] < 0.1 * 1e-3
+    assert constant.losses[0] == cosine.losses[0] and constant.losses[1:] != cosine.losses[1:]
+    monkeypatch.undo()
+    straight, resumed = _straight_and_resumed(tiny_sd, tmp_path / "edit", config, monkeypatch)
+    assert resumed.losses == straight.losses
+    assert resumed.manifest["config"]["lr_schedule"] == "cosine"
