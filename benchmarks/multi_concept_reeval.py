@@ -1,8 +1,7 @@
 """Score finished multi-concept edits again, on more images and other seeds than the run that made
 them: is a miss by one or two images of 32 the edit, or the eval's sampling noise?
 
-    python benchmarks/multi_concept_reeval.py runs/mc/s*/objects-* -n 16 --seed 1000 \
-        --out benchmarks/results/multi_concept/reeval
+    python benchmarks/multi_concept_reeval.py runs/mc/s*/objects-* -n 16 --seed 1000 --out runs/reeval
 
 Each EDIT is an `esd-sdk erase` output directory; its erased concepts come from its manifest and
 --keep (default: cross) are the kept ones. The base model's rates are measured on the same seeds.
