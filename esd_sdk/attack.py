@@ -340,24 +340,55 @@ def learn_tokens(target: AttackTarget, latents: torch.Tensor, prompts: str | lis
                               f"{(n_groups, n_tokens)}: continue from a SoftPrompt of the same templates and tokens")
     else:
         vectors = init_vectors(target, n_groups, n_tokens, init, generator)
-    device = target.device
-    vectors = [v.to(device).requires_grad_(True) for v in vectors]
+    vectors = [v.to(target.device).requires_grad_(True) for v in vectors]
     soft = SoftPrompt(templates, vectors, groups)
     schedule = NoiseSchedule(target.scheduler)
-    optimizer = torch.optim.Adam(vectors, lr=lr)
-    from tqdm.auto import tqdm
 
-    bar = tqdm(range(steps), desc=desc, disable=not progress, leave=False)
-    for _ in bar:
+    def loss_of():
         pick = torch.randint(0, latents.shape[0], (min(batch_size, latents.shape[0]),), generator=generator)
         used = sorted(set(which[pick].tolist()))
         cond = soft.encode(target, used).index([used.index(i) for i in which[pick].tolist()])
-        loss = denoising_loss(target, schedule, latents[pick], cond, generator)
+        return denoising_loss(target, schedule, latents[pick], cond, generator)
+
+    return _optimise(soft, steps, lr, loss_of, losses=losses, progress=progress, desc=desc)
+
+
+def match_attack(target: AttackTarget, x: torch.Tensor, t: torch.Tensor, goal: torch.Tensor, soft: SoftPrompt, *,
+                 steps: int, lr: float, losses: list[float] | None = None) -> SoftPrompt:
+    """AdvUnlearn's attack (Zhang et al. 2024): continue ``soft`` (one template) so that the
+    target's prediction for ``x`` at timestep ``t`` matches ``goal``, the frozen model's
+    prediction for the concept there. Robust ESD runs it on each step's own x_t, whose frozen
+    predictions the ESD target already needs: no extra sampling, and the batch is the step's."""
+    AttackBudget(steps, lr, soft.n_tokens, 1, x.shape[0]).validate()
+    if len(soft.templates) != 1:
+        raise ConfigError(f"match attack takes one template, got {len(soft.templates)}")
+    soft = SoftPrompt(list(soft.templates), [v.detach().float().to(target.device).clone().requires_grad_(True)
+                                             for v in soft.vectors], list(soft.groups))
+    x, goal = x.to(target.device, torch.float32), goal.to(target.device, torch.float32)
+    dtype = target.unet.dtype
+
+    def loss_of():
+        cond = soft.encode(target).index([0] * x.shape[0]).to(target.device, dtype)
+        return F.mse_loss(target.unet(x.to(dtype), t, **cond.kwargs()).sample.float(), goal)
+
+    return _optimise(soft, steps, lr, loss_of, losses=losses, progress=False, desc="match")
+
+
+def _optimise(soft: SoftPrompt, steps: int, lr: float, loss_of, *, losses: list[float] | None, progress: bool,
+              desc: str) -> SoftPrompt:
+    """``steps`` Adam steps on ``soft``'s vectors (which require grad) minimising ``loss_of()``;
+    returns ``soft`` detached. Gradients reach the vectors only, never any model's ``.grad``."""
+    from tqdm.auto import tqdm
+
+    optimizer = torch.optim.Adam(soft.vectors, lr=lr)
+    bar = tqdm(range(steps), desc=desc, disable=not progress, leave=False)
+    for _ in bar:
+        loss = loss_of()
         if not torch.isfinite(loss):
             raise AttackError(f"the attack's loss became {loss.item()}: lower its learning rate (e.g. lr 0.005)")
         # autograd.grad, not backward: gradients reach the vectors only, never the caller's weights' .grad
-        grads = torch.autograd.grad(loss, vectors)
-        for v, g in zip(vectors, grads):
+        grads = torch.autograd.grad(loss, soft.vectors)
+        for v, g in zip(soft.vectors, grads):
             v.grad = g
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

@@ -196,6 +196,9 @@ def _slug(text: str) -> str:
 @click.option("--robust-batch", type=int, help="Robust: concept latents per inner attack step, drawn from 8 [8].")
 @click.option("--robust-start", type=float,
               help="Robust: fraction of the steps trained as plain ESD before the inner attack joins [0].")
+@click.option("--robust-objective", type=click.Choice(["denoise", "match"]),
+              help="Robust: the inner attack's objective: denoise frozen-model concept images (UnlearnDiff) or "
+                   "match the frozen model's concept prediction on the step's x_t (AdvUnlearn) [denoise].")
 @click.option("--device", help="torch device [cuda if available, else cpu].")
 @click.option("--processes", type=click.IntRange(min=1), default=1, show_default=True,
               help="Data-parallel processes on this machine, started with accelerate launch (one per GPU; "

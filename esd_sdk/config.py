@@ -17,6 +17,7 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 SAMPLERS = ("edited", "frozen")
 PRESERVE_ON = ("concept", "own", "both")
 LR_SCHEDULES = ("constant", "cosine")
+ROBUST_OBJECTIVES = ("denoise", "match")
 
 # Tuned against the toy world's judge (benchmarks/toy_erasure.py; figures in README): the
 # toy UNet is tiny, so fewer, larger steps; 4 trajectories a step steady the noisy single-sample
@@ -100,6 +101,11 @@ class EraseConfig:
     # work, so the inner attack's cost goes to the later steps). 0.5 takes 2.24x plain's
     # time instead of 3.47x on the toy, but met the ASR/kept goals at 1 erase seed in 3 (start 0: 2 in 3).
     robust_start: float = 0.0
+    # What the inner attack optimises. "denoise": the diffusion-classifier loss on `robust_images`
+    # frozen-model concept latents (UnlearnDiff's objective, the eval's embedding attack). "match":
+    # AdvUnlearn's, the edited model's prediction for the step's own x_t matched to the frozen
+    # model's prediction for the concept there (no latents to sample, the step's batch).
+    robust_objective: str = "denoise"
 
     def __post_init__(self):
         # Own copies, normalised: a list the caller passed is never aliased or changed.
@@ -168,6 +174,8 @@ class EraseConfig:
                 raise ConfigError(f"{name.replace('_', ' ')} must be positive, got {getattr(self, name)}")
         if not self.robust_lr > 0 or self.robust_weight < 0:
             raise ConfigError(f"robust lr must be > 0 and robust weight >= 0, got {self.robust_lr}, {self.robust_weight}")
+        if self.robust_objective not in ROBUST_OBJECTIVES:
+            raise ConfigError(f"robust objective must be one of {', '.join(ROBUST_OBJECTIVES)}, got '{self.robust_objective}'")
         if not 0 <= self.robust_start < 1:
             raise ConfigError(f"robust start must be a fraction of the steps in [0, 1), got {self.robust_start}: "
                               "e.g. 0.5 starts the inner attack half-way")

@@ -282,7 +282,7 @@ class _Trainer:
         edit_parts = parts[1:]
         adversarial = self.adversary is not None and self.adversary.active(self.step)
         if adversarial:
-            edit_parts = edit_parts + [self.adversary.conditioning(k, self.step).index([0] * b)]
+            edit_parts = edit_parts + [self.adversary.conditioning(k, self.step, x, t, e_c).index([0] * b)]
         with _autocast(self.device, c.precision):
             pred = self._predict(x.repeat(len(edit_parts), 1, 1, 1), t, Conditioning.cat(edit_parts), frozen=False).float()
         loss = F.mse_loss(pred[:b], target)
@@ -424,8 +424,10 @@ class _Adversary:
     text encoder's space (the whole prompt, "{}"), which start as the concept's own words and are
     refreshed every ``robust_every`` steps by ``robust_attack_steps`` steps of the embedding attack
     (`esd_sdk.attack.embedding_attack`, warm-started) against the model being edited, on latents
-    of the concept sampled once from the frozen model. The trainer then asks the edited model's
-    prediction for that prompt to follow the same negatively guided target as the concept's.
+    of the concept sampled once from the frozen model (``robust_objective="denoise"``), or by
+    `esd_sdk.attack.match_attack` on the step's own x_t ("match", AdvUnlearn's objective: the edited
+    model's prediction matched to the frozen model's for the concept). The trainer then asks the
+    edited model's prediction for that prompt to follow the same negatively guided target as the concept's.
     Before ``robust_start`` of the steps the trainer is plain ESD: no attack, no adversarial term.
     """
 
@@ -439,9 +441,11 @@ class _Adversary:
         self.target = AttackTarget.from_pipeline(trainer.base.pipeline, unet=trainer.unet)
         self.target.resolution = trainer.latent_shape[-1] * trainer.base.pipeline.vae_scale_factor
         self.generator = torch.Generator().manual_seed(c.seed + 1)
-        runs = -(-c.robust_images // c.batch_size)
-        self.latents = [torch.cat([trainer._sample(trainer.concepts.index([k]), c.ddim_steps, frozen=True)
-                                   for _ in range(runs)])[:c.robust_images].cpu() for k in range(len(trainer.concepts))]
+        self.latents: list[torch.Tensor] = []  # "denoise": the concepts' latents the inner attack learns from
+        if c.robust_objective == "denoise":
+            runs = -(-c.robust_images // c.batch_size)
+            self.latents = [torch.cat([trainer._sample(trainer.concepts.index([k]), c.ddim_steps, frozen=True)
+                                       for _ in range(runs)])[:c.robust_images].cpu() for k in range(len(trainer.concepts))]
         self.soft: dict = {}  # concept -> its adversarial SoftPrompt
         self.cond: dict[int, Conditioning] = {}  # concept -> that prompt encoded (until the next refresh)
 
@@ -450,17 +454,23 @@ class _Adversary:
         c = self.trainer.config
         return step >= int(c.robust_start * c.steps)
 
-    def conditioning(self, k: int, step: int) -> Conditioning:
-        """The adversarial prompt of concept ``k``, refreshed against the current model when due."""
-        from .attack import embedding_attack
+    def conditioning(self, k: int, step: int, x: torch.Tensor, t: torch.Tensor, e_c: torch.Tensor) -> Conditioning:
+        """The adversarial prompt of concept ``k``, refreshed against the current model when due
+        ("match" attacks this step's x_t at timestep t, where the frozen model predicts e_c)."""
+        from .attack import SoftPrompt, embedding_attack, init_vectors, match_attack
 
         c = self.trainer.config
         if k not in self.soft or step % c.robust_every == 0:
             with _autocast(self.trainer.device, c.precision):
-                self.soft[k] = embedding_attack(
-                    self.target, self.latents[k], self.TEMPLATE, n_tokens=c.robust_tokens, steps=c.robust_attack_steps,
-                    lr=c.robust_lr, init=self.soft.get(k, c.concepts[k]), batch_size=c.robust_batch,
-                    generator=self.generator)
+                if c.robust_objective == "match":
+                    start = self.soft.get(k) or SoftPrompt(
+                        [self.TEMPLATE], init_vectors(self.target, 1, c.robust_tokens, c.concepts[k], self.generator), [0])
+                    self.soft[k] = match_attack(self.target, x, t, e_c, start, steps=c.robust_attack_steps, lr=c.robust_lr)
+                else:
+                    self.soft[k] = embedding_attack(
+                        self.target, self.latents[k], self.TEMPLATE, n_tokens=c.robust_tokens,
+                        steps=c.robust_attack_steps, lr=c.robust_lr, init=self.soft.get(k, c.concepts[k]),
+                        batch_size=c.robust_batch, generator=self.generator)
             self.cond.pop(k, None)
         if k not in self.cond:
             with torch.no_grad():
@@ -479,7 +489,7 @@ class _Adversary:
 
         self.generator.set_state(tensors["robust/generator"])
         self.cond.clear()
-        for k in range(len(self.latents)):
+        for k in range(len(self.trainer.concepts)):
             vectors = [tensors[f"robust/soft/{k}/{e}"] for e in range(len(self.target.text_encoders))
                        if f"robust/soft/{k}/{e}" in tensors]
             if vectors:

@@ -24,6 +24,7 @@ from esd_sdk.attack import (
     init_vectors,
     inversion_attack,
     learn_tokens,
+    match_attack,
     run_attacks,
 )
 from esd_sdk.conditioning import encode_prompts
@@ -156,6 +157,26 @@ def test_warm_start_continues_from_a_soft_prompt(tiny):
     assert all(0 < m <= 0.11 for m in moved), moved  # one Adam step of lr 0.1 from where it was
     with pytest.raises(ConfigError, match="warm start"):
         embedding_attack(target, latents, "{} circle", n_tokens=3, steps=1, lr=1e-1, init=first)
+
+
+def test_match_attack_learns_to_match_a_prediction(tiny):
+    """AdvUnlearn's inner attack: the vectors move so that the UNet's prediction for x at t
+    comes closer to the goal (here: its own prediction for another prompt), and nothing of the
+    caller's changes."""
+    pipe = tiny.pipeline
+    target = AttackTarget.from_pipeline(pipe)
+    before = _state(pipe.unet, *target.text_encoders)
+    x, t = torch.randn(2, pipe.unet.config.in_channels, 16, 16, generator=torch.Generator().manual_seed(0)), torch.tensor(500)
+    with torch.no_grad():
+        goal = pipe.unet(x, t, **encode_prompts(tiny, ["a red square"] * 2).kwargs()).sample
+    start = SoftPrompt(["{}"], init_vectors(target, 1, 3, "circle", torch.Generator()), [0])
+    losses = []
+    soft = match_attack(target, x, t, goal, start, steps=30, lr=5e-2, losses=losses)
+    assert len(losses) == 30 and losses[-1] < 0.8 * losses[0], losses
+    assert all(not v.requires_grad for v in soft.vectors) and not torch.equal(soft.vectors[0], start.vectors[0])
+    assert _state(pipe.unet, *target.text_encoders) == before
+    with pytest.raises(ConfigError, match="attack steps must be a positive integer"):
+        match_attack(target, x, t, goal, start, steps=0, lr=5e-2)
 
 
 # ---------------------------------------------------------------------------- errors

@@ -166,6 +166,7 @@ def test_bf16_autocast_keeps_fp32_master_weights(tiny_sd):
     (dict(concepts=["circle"], preserve=["circle"]), "both erased and preserved"),
     (dict(preserve_on="kept"), "preserve on must be one of concept, own, both"),
     (dict(lr_schedule="linear"), "lr schedule must be one of constant, cosine"),
+    (dict(robust_objective="maximise"), "robust objective must be one of denoise, match"),
 ])
 def test_config_validation(changes, message):
     with pytest.raises(ConfigError, match=message):
@@ -312,6 +313,34 @@ def test_robust_resume_continues_exactly(tiny_sd, tmp_path, monkeypatch):
     straight, resumed = _straight_and_resumed(tiny_sd, tmp_path / "edit", config, monkeypatch)
     assert resumed.losses == straight.losses
     assert resumed.manifest["config"]["robust"] is True and resumed.manifest["config"]["robust_tokens"] == 2
+
+
+@pytest.mark.parametrize("model", ["tiny_sd", "tiny_sdxl"])
+def test_robust_match_attacks_each_steps_own_x_t(model, request, monkeypatch):
+    """robust_objective="match" (AdvUnlearn): the inner attack gets the step's x_t, timestep and
+    the frozen model's concept prediction there; no concept latents are sampled beforehand."""
+    from esd_sdk import attack
+
+    seen, original, sample = [], attack.match_attack, _Trainer._sample
+    monkeypatch.setattr(attack, "learn_tokens", lambda *a, **k: pytest.fail("the denoise attack ran"))
+    monkeypatch.setattr(attack, "match_attack", lambda target, x, t, goal, soft, **k: seen.append(
+        (x.shape, goal.shape, soft.vectors[0].clone())) or original(target, x, t, goal, soft, **k))
+    full = []
+    monkeypatch.setattr(_Trainer, "_sample", lambda self, c, n, *a, **k: full.append(n) or sample(self, c, n, *a, **k))
+    base = load_base(request.getfixturevalue(model))
+    state = train(base, EraseConfig(concepts=["circle"], method="x", batch_size=2, **FAST, **ROBUST,
+                                    robust_objective="match"), progress=False)
+    assert len(seen) == 2 and all(x == g and x[0] == 2 for x, g, _ in seen)  # the step's batch of 2
+    assert not torch.equal(seen[0][2], seen[1][2])  # the second refresh warm-starts from the first's result
+    assert len(full) == FAST["steps"]  # one partial trajectory a step, none for attack latents
+    assert all(math.isfinite(loss) for loss in state.losses)
+
+
+def test_robust_match_resumes_exactly(tiny_sd, tmp_path, monkeypatch):
+    config = dict(concepts=["circle"], method="x", steps=5, lr=1e-3, ddim_steps=6, **ROBUST, robust_objective="match")
+    straight, resumed = _straight_and_resumed(tiny_sd, tmp_path / "edit", config, monkeypatch)
+    assert resumed.losses == straight.losses
+    assert resumed.manifest["config"]["robust_objective"] == "match"
 
 
 @pytest.mark.parametrize("setting", ["robust_tokens", "robust_attack_steps", "robust_every", "robust_images", "robust_batch"])
