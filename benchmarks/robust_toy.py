@@ -5,6 +5,7 @@ what does it cost the kept concepts, and how much longer does it take?
     python benchmarks/robust_toy.py --only circle --robust-every 2 --robust-attack-steps 10
     python benchmarks/robust_toy.py --only circle --preserve square --timing 1x5 1x10   # erase time only
     python benchmarks/robust_toy.py --only circle --preserve square --timing 1x10 1x10@0.5  # @: --robust-start
+    python benchmarks/robust_toy.py --only circle --preserve square --timing 1x10 1x10:match  # :--robust-objective
 
 For each erase, plain and robust are trained back to back from the same base and seed (the erase
 time ratio is measured side by side, in one process), then scored the same way:
@@ -76,11 +77,13 @@ def timing(base, args) -> dict:
     concept = (args.only or ["circle"])[0]
     keep = shared_settings(concept, args)
     variants = {"plain": {}}
-    for spec in args.timing:  # EVERYxSTEPS, or EVERYxSTEPS@START (--robust-start)
-        budget, _, start = spec.lower().partition("@")
+    for spec in args.timing:  # EVERYxSTEPS[@START][:OBJECTIVE] (--robust-start, --robust-objective)
+        budget, _, objective = spec.lower().partition(":")
+        budget, _, start = budget.partition("@")
         every, steps = (int(v) for v in budget.split("x"))
         variants[f"robust {spec}"] = {"robust": True, "robust_every": every, "robust_attack_steps": steps,
-                                      **({"robust_start": float(start)} if start else {})}
+                                      **({"robust_start": float(start)} if start else {}),
+                                      **({"robust_objective": objective} if objective else {})}
     seconds: dict[str, list[float]] = {name: [] for name in variants}
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.rounds):
@@ -140,9 +143,9 @@ def main() -> None:
     parser.add_argument("--preserve-weight", type=float)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", type=setting,
                         help="an EraseConfig override for both variants, e.g. steps=200 (repeatable)")
-    parser.add_argument("--timing", nargs="+", metavar="EVERYxSTEPS[@START]",
+    parser.add_argument("--timing", nargs="+", metavar="EVERYxSTEPS[@START][:OBJECTIVE]",
                         help="time the erases only (no scoring): plain vs robust at each setting, e.g. 1x5 1x10 "
-                             "1x10@0.5 (@: --robust-start)")
+                             "1x10@0.5 1x10:match (@: --robust-start, :: --robust-objective)")
     parser.add_argument("--rounds", type=int, default=2, help="--timing: alternating rounds [2]")
     parser.add_argument("--variants", nargs="+", default=["plain", "robust"], choices=["plain", "robust"])
     parser.add_argument("--device", help="torch device for erases, scoring and attacks, e.g. cuda [cpu]")
