@@ -6,6 +6,7 @@ what does it cost the kept concepts, and how much longer does it take?
     python benchmarks/robust_toy.py --only circle --preserve square --timing 1x5 1x10   # erase time only
     python benchmarks/robust_toy.py --only circle --preserve square --timing 1x10 1x10@0.5  # @: --robust-start
     python benchmarks/robust_toy.py --only circle --preserve square --timing 1x10 1x10:match  # :--robust-objective
+    python benchmarks/robust_toy.py --only circle --preserve square --timing 1x10 1x5,robust_on=both  # ,KEY=VALUE
 
 For each erase, plain and robust are trained back to back from the same base and seed (the erase
 time ratio is measured side by side, in one process), then scored the same way:
@@ -77,13 +78,15 @@ def timing(base, args) -> dict:
     concept = (args.only or ["circle"])[0]
     keep = shared_settings(concept, args)
     variants = {"plain": {}}
-    for spec in args.timing:  # EVERYxSTEPS[@START][:OBJECTIVE] (--robust-start, --robust-objective)
-        budget, _, objective = spec.lower().partition(":")
+    for spec in args.timing:  # EVERYxSTEPS[@START][:OBJECTIVE][,KEY=VALUE...] (--robust-start, --robust-objective, --set)
+        head, *extra = spec.split(",")
+        budget, _, objective = head.lower().partition(":")
         budget, _, start = budget.partition("@")
         every, steps = (int(v) for v in budget.split("x"))
         variants[f"robust {spec}"] = {"robust": True, "robust_every": every, "robust_attack_steps": steps,
                                       **({"robust_start": float(start)} if start else {}),
-                                      **({"robust_objective": objective} if objective else {})}
+                                      **({"robust_objective": objective} if objective else {}),
+                                      **dict(setting(e) for e in extra)}
     seconds: dict[str, list[float]] = {name: [] for name in variants}
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.rounds):
@@ -143,9 +146,10 @@ def main() -> None:
     parser.add_argument("--preserve-weight", type=float)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", type=setting,
                         help="an EraseConfig override for both variants, e.g. steps=200 (repeatable)")
-    parser.add_argument("--timing", nargs="+", metavar="EVERYxSTEPS[@START][:OBJECTIVE]",
+    parser.add_argument("--timing", nargs="+", metavar="EVERYxSTEPS[@START][:OBJECTIVE][,KEY=VALUE...]",
                         help="time the erases only (no scoring): plain vs robust at each setting, e.g. 1x5 1x10 "
-                             "1x10@0.5 1x10:match (@: --robust-start, :: --robust-objective)")
+                             "1x10@0.5 1x10:match 1x5,robust_on=both (@: --robust-start, :: --robust-objective, "
+                             ",KEY=VALUE: an EraseConfig override for that variant alone)")
     parser.add_argument("--rounds", type=int, default=2, help="--timing: alternating rounds [2]")
     parser.add_argument("--variants", nargs="+", default=["plain", "robust"], choices=["plain", "robust"])
     parser.add_argument("--device", help="torch device for erases, scoring and attacks, e.g. cuda [cpu]")

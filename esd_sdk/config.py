@@ -18,6 +18,7 @@ SAMPLERS = ("edited", "frozen")
 PRESERVE_ON = ("concept", "own", "both")
 LR_SCHEDULES = ("constant", "cosine")
 ROBUST_OBJECTIVES = ("denoise", "match")
+ROBUST_ON = ("concept", "own", "both")
 
 # Tuned against the toy world's judge (benchmarks/toy_erasure.py; figures in README): the
 # toy UNet is tiny, so fewer, larger steps; 4 trajectories a step steady the noisy single-sample
@@ -107,6 +108,10 @@ class EraseConfig:
     # model's prediction for the concept there (no latents to sample, the step's batch: ~3.1x plain's
     # step time instead of 4.0x on the toy, but it cost the preserved square 9.4 / 21.9 pts at seeds 0 / 2).
     robust_objective: str = "denoise"
+    # Where the adversarial prompt's ESD term is applied: on the concept's x_t (concept), on x_t
+    # from the adversarial prompt's own trajectory through the model being edited (own: where an
+    # attacker's images are made; one more sampled trajectory a step), or both.
+    robust_on: str = "concept"
 
     def __post_init__(self):
         # Own copies, normalised: a list the caller passed is never aliased or changed.
@@ -177,6 +182,8 @@ class EraseConfig:
             raise ConfigError(f"robust lr must be > 0 and robust weight >= 0, got {self.robust_lr}, {self.robust_weight}")
         if self.robust_objective not in ROBUST_OBJECTIVES:
             raise ConfigError(f"robust objective must be one of {', '.join(ROBUST_OBJECTIVES)}, got '{self.robust_objective}'")
+        if self.robust_on not in ROBUST_ON:
+            raise ConfigError(f"robust on must be one of {', '.join(ROBUST_ON)}, got '{self.robust_on}'")
         if not 0 <= self.robust_start < 1:
             raise ConfigError(f"robust start must be a fraction of the steps in [0, 1), got {self.robust_start}: "
                               "e.g. 0.5 starts the inner attack half-way")
