@@ -18,7 +18,6 @@ SAMPLERS = ("edited", "frozen")
 PRESERVE_ON = ("concept", "own", "both")
 LR_SCHEDULES = ("constant", "cosine")
 ROBUST_OBJECTIVES = ("denoise", "match")
-ROBUST_ON = ("concept", "own", "both")
 
 # Tuned against the toy world's judge (benchmarks/toy_erasure.py; figures in README): the
 # toy UNet is tiny, so fewer, larger steps; 4 trajectories a step steady the noisy single-sample
@@ -92,7 +91,7 @@ class EraseConfig:
     robust: bool = False
     robust_tokens: int = 6  # learned vectors in the adversarial prompt
     robust_attack_steps: int = 10  # inner attack steps per refresh (warm-started from the last)
-    robust_every: int = 1  # outer steps between refreshes (1 x 10: toy ASR 3.1%, plain 0%, 3.5-3.9x plain's time; README)
+    robust_every: int = 1  # outer steps between refreshes (1 x 10: the toy goals but time at 2 erase seeds of 5, 3.5-3.9x plain's time; README)
     robust_lr: float = 5e-2  # the inner attack's Adam learning rate
     robust_images: int = 8  # concept latents (from the frozen model) the inner attack learns from
     robust_batch: int = 8  # of those, latents per inner attack step (drawn at random each step)
@@ -100,7 +99,7 @@ class EraseConfig:
     # Fraction of the steps trained as plain ESD before the inner attack joins (the idea: while the
     # concept's own words still bring it back, the ESD term on them already does the adversary's
     # work, so the inner attack's cost goes to the later steps). 0.5 takes 2.24x plain's
-    # time instead of 3.47x on the toy, but met the ASR/kept goals at 1 erase seed in 3 (start 0: 2 in 3).
+    # time instead of 3.47x on the toy, but met the ASR/kept goals at 1 erase seed in 3 (start 0: 2 of the same 3).
     robust_start: float = 0.0
     # What the inner attack optimises. "denoise": the diffusion-classifier loss on `robust_images`
     # frozen-model concept latents (UnlearnDiff's objective, the eval's embedding attack). "match":
@@ -108,10 +107,6 @@ class EraseConfig:
     # model's prediction for the concept there (no latents to sample, the step's batch: ~3.1x plain's
     # step time instead of 4.0x on the toy, but it cost the preserved square 9.4 / 21.9 pts at seeds 0 / 2).
     robust_objective: str = "denoise"
-    # Where the adversarial prompt's ESD term is applied: on the concept's x_t (concept), on x_t
-    # from the adversarial prompt's own trajectory through the model being edited (own: where an
-    # attacker's images are made; one more sampled trajectory a step), or both.
-    robust_on: str = "concept"
 
     def __post_init__(self):
         # Own copies, normalised: a list the caller passed is never aliased or changed.
@@ -182,8 +177,6 @@ class EraseConfig:
             raise ConfigError(f"robust lr must be > 0 and robust weight >= 0, got {self.robust_lr}, {self.robust_weight}")
         if self.robust_objective not in ROBUST_OBJECTIVES:
             raise ConfigError(f"robust objective must be one of {', '.join(ROBUST_OBJECTIVES)}, got '{self.robust_objective}'")
-        if self.robust_on not in ROBUST_ON:
-            raise ConfigError(f"robust on must be one of {', '.join(ROBUST_ON)}, got '{self.robust_on}'")
         if not 0 <= self.robust_start < 1:
             raise ConfigError(f"robust start must be a fraction of the steps in [0, 1), got {self.robust_start}: "
                               "e.g. 0.5 starts the inner attack half-way")

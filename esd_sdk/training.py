@@ -281,38 +281,16 @@ class _Trainer:
         #    adversarial prompt of robust ESD, which must follow the same target), with autograd
         edit_parts = parts[1:]
         adversarial = self.adversary is not None and self.adversary.active(self.step)
-        adv = self.adversary.conditioning(k, self.step, x, t, e_c) if adversarial else None
-        on_concept = adversarial and c.robust_on != "own"
-        if on_concept:
-            edit_parts = edit_parts + [adv.index([0] * b)]
+        if adversarial:
+            edit_parts = edit_parts + [self.adversary.conditioning(k, self.step, x, t, e_c).index([0] * b)]
         with _autocast(self.device, c.precision):
             pred = self._predict(x.repeat(len(edit_parts), 1, 1, 1), t, Conditioning.cat(edit_parts), frozen=False).float()
         loss = F.mse_loss(pred[:b], target)
         if n_keep:
             loss = loss + c.preserve_weight * F.mse_loss(pred[b:(1 + n_keep) * b], frozen[2 * b:])
-        if on_concept:
+        if adversarial:
             loss = loss + c.robust_weight * F.mse_loss(pred[(1 + n_keep) * b:], target)
-        if adversarial and c.robust_on != "concept":
-            loss = loss + c.robust_weight * self.adversarial_own_loss(k, adv)
         return loss
-
-    def adversarial_own_loss(self, k: int, adv: Conditioning) -> torch.Tensor:
-        """Robust ESD on the adversarial prompt's own trajectory (``robust_on`` own or both): x_t
-        sampled with the adversarial prompt through the model being edited, where an attacker's
-        images are made; its prediction there must follow the concept's negatively guided target."""
-        c = self.config
-        t_enc = int(torch.randint(c.ddim_steps, (1,), generator=self.generator))
-        x = self._sample(adv, t_enc)  # fresh each step: the prompt changes with every refresh
-        t = self.scheduler.timesteps[t_enc]
-        b = x.shape[0]
-        concept = self.concepts.index([k])
-        with torch.no_grad(), _autocast(self.device, c.precision):
-            frozen = self._predict(x.repeat(2, 1, 1, 1), t, Conditioning.cat([self.uncond.index([0] * b), concept.index([0] * b)]),
-                                   frozen=True).float()
-        e_0, e_c = frozen[:b], frozen[b:]
-        with _autocast(self.device, c.precision):
-            pred = self._predict(x, t, adv.index([0] * b), frozen=False).float()
-        return F.mse_loss(pred, e_0 - c.negative_guidance * (e_c - e_0))
 
     def keep_loss(self, j: int) -> torch.Tensor:
         """Preserved prompt ``j`` held to the frozen model on x_t from its own trajectory
