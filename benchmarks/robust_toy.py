@@ -6,7 +6,7 @@ what does it cost the kept concepts, and how much longer does it take?
     python benchmarks/robust_toy.py --only circle --preserve square --timing 1x5 1x10   # erase time only
     python benchmarks/robust_toy.py --only circle --preserve square --timing 1x10 1x10@0.5  # @: --robust-start
     python benchmarks/robust_toy.py --only circle --preserve square --timing 1x10 1x10:match  # :--robust-objective
-    python benchmarks/robust_toy.py --only circle --preserve square --timing 1x10 1x5,robust_on=both  # ,KEY=VALUE
+    python benchmarks/robust_toy.py --only circle --preserve square --timing 1x10 1x10,robust_images=16  # ,KEY=VALUE
 
 For each erase, plain and robust are trained back to back from the same base and seed (the erase
 time ratio is measured side by side, in one process), then scored the same way:
@@ -117,7 +117,9 @@ def markdown(data: dict) -> str:
     lines = [f"Toy world, toy defaults, erase seed {data['settings'].get('seed', 0)}, eval seed 0; "
              f"{data['n']} images per prompt, toy judge; {data['threads']} torch "
              f"thread(s). Robust settings: {data['rows'][0]['robust_settings'] or 'defaults'}; preserve: "
-             f"{data['preserve'] or 'none'}.", "",
+             f"{data['preserve'] or 'none'}"
+             + (f"; --set {', '.join(f'{k}={v}' for k, v in data['settings'].items() if k != 'seed')}"
+                if any(k != 'seed' for k in data['settings']) else "") + ".", "",
              "| erase | variant | plain prompts | inversion ASR | embedding ASR | control inv. / emb. (base) | max kept drop | erase s |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for row in data["rows"]:
@@ -148,7 +150,7 @@ def main() -> None:
                         help="an EraseConfig override for both variants, e.g. steps=200 (repeatable)")
     parser.add_argument("--timing", nargs="+", metavar="EVERYxSTEPS[@START][:OBJECTIVE][,KEY=VALUE...]",
                         help="time the erases only (no scoring): plain vs robust at each setting, e.g. 1x5 1x10 "
-                             "1x10@0.5 1x10:match 1x5,robust_on=both (@: --robust-start, :: --robust-objective, "
+                             "1x10@0.5 1x10:match 1x10,robust_images=16 (@: --robust-start, :: --robust-objective, "
                              ",KEY=VALUE: an EraseConfig override for that variant alone)")
     parser.add_argument("--rounds", type=int, default=2, help="--timing: alternating rounds [2]")
     parser.add_argument("--variants", nargs="+", default=["plain", "robust"], choices=["plain", "robust"])
