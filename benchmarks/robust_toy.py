@@ -69,6 +69,23 @@ def one(base, concept: str, method: str, work: Path, args) -> dict:
     return row
 
 
+def timing_spec(text: str) -> tuple[str, dict]:
+    """argparse type of a --timing variant, EVERYxSTEPS[@START][:OBJECTIVE][,KEY=VALUE...]
+    (@: --robust-start, :: --robust-objective, ,KEY=VALUE: an EraseConfig override): its name and settings."""
+    head, *extra = text.split(",")
+    budget, _, objective = head.lower().partition(":")
+    budget, _, start = budget.partition("@")
+    try:
+        every, steps = (int(v) for v in budget.split("x"))
+        start = float(start) if start else None
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not EVERYxSTEPS[@START][:OBJECTIVE][,KEY=VALUE...] (e.g. 1x10@0.5)") from None
+    settings = {"robust": True, "robust_every": every, "robust_attack_steps": steps,
+                **({"robust_start": start} if start is not None else {}),
+                **({"robust_objective": objective} if objective else {}), **dict(setting(e) for e in extra)}
+    return f"robust {text}", settings
+
+
 def timing(base, args) -> dict:
     """Erase time only (no scoring): plain ESD against robust ESD at each EVERYxSTEPS setting,
     alternating order round by round, the same base and seed; medians and ratios to plain."""
@@ -77,16 +94,7 @@ def timing(base, args) -> dict:
 
     concept = (args.only or ["circle"])[0]
     keep = shared_settings(concept, args)
-    variants = {"plain": {}}
-    for spec in args.timing:  # EVERYxSTEPS[@START][:OBJECTIVE][,KEY=VALUE...] (--robust-start, --robust-objective, --set)
-        head, *extra = spec.split(",")
-        budget, _, objective = head.lower().partition(":")
-        budget, _, start = budget.partition("@")
-        every, steps = (int(v) for v in budget.split("x"))
-        variants[f"robust {spec}"] = {"robust": True, "robust_every": every, "robust_attack_steps": steps,
-                                      **({"robust_start": float(start)} if start else {}),
-                                      **({"robust_objective": objective} if objective else {}),
-                                      **dict(setting(e) for e in extra)}
+    variants = {"plain": {}, **dict(args.timing)}
     seconds: dict[str, list[float]] = {name: [] for name in variants}
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.rounds):
@@ -114,12 +122,12 @@ def timing(base, args) -> dict:
 def markdown(data: dict) -> str:
     pct = lambda v: "n/a" if v is None else f"{100 * v:.1f}%"  # noqa: E731
     frac = pct
+    overrides = {k: v for k, v in data["settings"].items() if k != "seed"}  # --set, besides the erase seed
     lines = [f"Toy world, toy defaults, erase seed {data['settings'].get('seed', 0)}, eval seed 0; "
              f"{data['n']} images per prompt, toy judge; {data['threads']} torch "
              f"thread(s). Robust settings: {data['rows'][0]['robust_settings'] or 'defaults'}; preserve: "
-             f"{data['preserve'] or 'none'}"
-             + (f"; --set {', '.join(f'{k}={v}' for k, v in data['settings'].items() if k != 'seed')}"
-                if any(k != 'seed' for k in data['settings']) else "") + ".", "",
+             f"{data['preserve'] or 'none'}{'; --set ' + ', '.join(f'{k}={v}' for k, v in overrides.items()) if overrides else ''}.",
+             "",
              "| erase | variant | plain prompts | inversion ASR | embedding ASR | control inv. / emb. (base) | max kept drop | erase s |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for row in data["rows"]:
@@ -148,7 +156,7 @@ def main() -> None:
     parser.add_argument("--preserve-weight", type=float)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", type=setting,
                         help="an EraseConfig override for both variants, e.g. steps=200 (repeatable)")
-    parser.add_argument("--timing", nargs="+", metavar="EVERYxSTEPS[@START][:OBJECTIVE][,KEY=VALUE...]",
+    parser.add_argument("--timing", nargs="+", type=timing_spec, metavar="EVERYxSTEPS[@START][:OBJECTIVE][,KEY=VALUE...]",
                         help="time the erases only (no scoring): plain vs robust at each setting, e.g. 1x5 1x10 "
                              "1x10@0.5 1x10:match 1x10,robust_images=16 (@: --robust-start, :: --robust-objective, "
                              ",KEY=VALUE: an EraseConfig override for that variant alone)")
