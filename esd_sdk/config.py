@@ -104,8 +104,8 @@ class EraseConfig:
     # What the inner attack optimises. "denoise": the diffusion-classifier loss on `robust_images`
     # frozen-model concept latents (UnlearnDiff's objective, the eval's embedding attack). "match":
     # AdvUnlearn's, the edited model's prediction for the step's own x_t matched to the frozen
-    # model's prediction for the concept there (no latents to sample, the step's batch: ~3.1x plain's
-    # step time instead of 4.0x on the toy, but it cost the preserved square 9.4 / 21.9 pts at seeds 0 / 2).
+    # model's prediction for the concept there (no latents to sample, the step's batch: 2.65x plain's
+    # erase time instead of 3.47x on the toy, but it cost the preserved square 9.4 / 21.9 pts at seeds 0 / 2).
     robust_objective: str = "denoise"
 
     def __post_init__(self):
