@@ -289,17 +289,11 @@ class NoiseSchedule:
 
 
 def denoising_loss(target: AttackTarget, schedule: NoiseSchedule, latents: torch.Tensor, cond: Conditioning,
-                   generator: torch.Generator, stratified: bool = False) -> torch.Tensor:
+                   generator: torch.Generator) -> torch.Tensor:
     """Mean squared error of the UNet's prediction for ``latents`` noised at random timesteps,
-    conditioned on ``cond`` (one row per latent). ``stratified``: one timestep from each of
-    len(latents) equal slices of the schedule, in random order (every batch spans the noise levels)."""
+    conditioned on ``cond`` (one row per latent)."""
     device, dtype = target.device, target.unet.dtype
-    b, steps = latents.shape[0], schedule.num_train_timesteps
-    if stratified:
-        slices = torch.randperm(b, generator=generator) + torch.rand(b, generator=generator)
-        t = (slices * steps / b).long().clamp(max=steps - 1).to(device)
-    else:
-        t = torch.randint(0, steps, (b,), generator=generator).to(device)
+    t = torch.randint(0, schedule.num_train_timesteps, (latents.shape[0],), generator=generator).to(device)
     noise = torch.randn(latents.shape, generator=generator).to(device)  # drawn on the CPU: the same on any device
     xt, goal = schedule.noisy(latents.to(device, torch.float32), noise, t)
     pred = target.unet(xt.to(dtype), t, **cond.to(device, dtype).kwargs()).sample
@@ -309,7 +303,7 @@ def denoising_loss(target: AttackTarget, schedule: NoiseSchedule, latents: torch
 def learn_tokens(target: AttackTarget, latents: torch.Tensor, prompts: str | list[str], *, n_tokens: int,
                  steps: int, lr: float, shared: bool, init: str | None | SoftPrompt = None, batch_size: int = 8,
                  generator: torch.Generator | None = None, progress: bool = False, desc: str = "attack",
-                 losses: list[float] | None = None, stratified: bool = False) -> SoftPrompt:
+                 losses: list[float] | None = None) -> SoftPrompt:
     """Learn vectors that minimise the target's denoising loss on ``latents``.
 
     Args:
@@ -324,9 +318,6 @@ def learn_tokens(target: AttackTarget, latents: torch.Tensor, prompts: str | lis
         batch_size: latents per step (drawn at random).
         generator: a CPU torch.Generator; seeds the initialisation, batches, timesteps and noise [seed 0].
         losses: if given, the loss of every step is appended to it.
-        stratified: each step's latents are drawn without replacement and its timesteps one from
-            each slice of the schedule (`denoising_loss`): a lower-variance gradient at the same
-            cost (with replacement, 8 draws of 8 latents hold about 5 distinct ones).
 
     Returns:
         The learned `SoftPrompt` (detached) over the distinct templates, in order of first use.
@@ -354,12 +345,10 @@ def learn_tokens(target: AttackTarget, latents: torch.Tensor, prompts: str | lis
     schedule = NoiseSchedule(target.scheduler)
 
     def loss_of():
-        size = min(batch_size, latents.shape[0])
-        pick = (torch.randperm(latents.shape[0], generator=generator)[:size] if stratified
-                else torch.randint(0, latents.shape[0], (size,), generator=generator))
+        pick = torch.randint(0, latents.shape[0], (min(batch_size, latents.shape[0]),), generator=generator)
         used = sorted(set(which[pick].tolist()))
         cond = soft.encode(target, used).index([used.index(i) for i in which[pick].tolist()])
-        return denoising_loss(target, schedule, latents[pick], cond, generator, stratified)
+        return denoising_loss(target, schedule, latents[pick], cond, generator)
 
     return _optimise(soft, steps, lr, loss_of, losses=losses, progress=progress, desc=desc)
 

@@ -18,7 +18,6 @@ SAMPLERS = ("edited", "frozen")
 PRESERVE_ON = ("concept", "own", "both")
 LR_SCHEDULES = ("constant", "cosine")
 ROBUST_OBJECTIVES = ("denoise", "match")
-ROBUST_SAMPLING = ("stratified", "iid")
 
 # Tuned against the toy world's judge (benchmarks/toy_erasure.py; figures in README): the
 # toy UNet is tiny, so fewer, larger steps; 4 trajectories a step steady the noisy single-sample
@@ -108,9 +107,6 @@ class EraseConfig:
     # model's prediction for the concept there (no latents to sample, the step's batch: 2.65x plain's
     # erase time instead of 3.47x on the toy, but it cost the preserved square 9.4 / 21.9 pts at seeds 0 / 2).
     robust_objective: str = "denoise"
-    # How the "denoise" inner attack draws each step's batch: "stratified" (latents without
-    # replacement, one timestep from each slice of the schedule) or "iid" (with replacement, uniform t).
-    robust_sampling: str = "iid"
 
     def __post_init__(self):
         # Own copies, normalised: a list the caller passed is never aliased or changed.
@@ -181,8 +177,6 @@ class EraseConfig:
             raise ConfigError(f"robust lr must be > 0 and robust weight >= 0, got {self.robust_lr}, {self.robust_weight}")
         if self.robust_objective not in ROBUST_OBJECTIVES:
             raise ConfigError(f"robust objective must be one of {', '.join(ROBUST_OBJECTIVES)}, got '{self.robust_objective}'")
-        if self.robust_sampling not in ROBUST_SAMPLING:
-            raise ConfigError(f"robust sampling must be one of {', '.join(ROBUST_SAMPLING)}, got '{self.robust_sampling}'")
         if not 0 <= self.robust_start < 1:
             raise ConfigError(f"robust start must be a fraction of the steps in [0, 1), got {self.robust_start}: "
                               "e.g. 0.5 starts the inner attack half-way")

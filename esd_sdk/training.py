@@ -470,7 +470,7 @@ class _Adversary:
                     self.soft[k] = embedding_attack(
                         self.target, self.latents[k], self.TEMPLATE, n_tokens=c.robust_tokens,
                         steps=c.robust_attack_steps, lr=c.robust_lr, init=self.soft.get(k, c.concepts[k]),
-                        batch_size=c.robust_batch, generator=self.generator, stratified=c.robust_sampling == "stratified")
+                        batch_size=c.robust_batch, generator=self.generator)
             self.cond.pop(k, None)
         if k not in self.cond:
             with torch.no_grad():

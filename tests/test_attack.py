@@ -179,27 +179,6 @@ def test_match_attack_learns_to_match_a_prediction(tiny):
         match_attack(target, x, t, goal, start, steps=0, lr=5e-2)
 
 
-def test_stratified_batches_draw_each_latent_once_and_span_the_noise_levels(tiny_sd, monkeypatch):
-    """stratified=True (robust ESD's inner attack): each step's latents are distinct and its
-    timesteps fall one in each equal slice of the schedule; the default draws with replacement."""
-    from esd_sdk import attack
-
-    target = AttackTarget.from_pipeline(load_base(tiny_sd).pipeline)
-    latents = torch.arange(8.0).view(8, 1, 1, 1).expand(8, target.unet.config.in_channels, 16, 16).contiguous()
-    seen, loss, noisy = [], attack.denoising_loss, attack.NoiseSchedule.noisy
-    monkeypatch.setattr(attack, "denoising_loss", lambda tg, sch, lat, *a: seen.append([lat[:, 0, 0, 0].tolist()]) or loss(tg, sch, lat, *a))
-    monkeypatch.setattr(attack.NoiseSchedule, "noisy", lambda self, x0, n, t: seen[-1].append(t.tolist()) or noisy(self, x0, n, t))
-    learn_tokens(target, latents, "{}", n_tokens=1, steps=6, lr=1e-2, shared=False, batch_size=8, stratified=True)
-    assert len(seen) == 6
-    for picked, t in seen:
-        assert sorted(picked) == list(range(8))  # every latent once
-        assert sorted(v // 125 for v in t) == list(range(8))  # 1000 steps in 8 slices: one t in each
-    assert len({tuple(t) for _, t in seen}) == 6  # random within and across the slices
-    seen.clear()
-    learn_tokens(target, latents, "{}", n_tokens=1, steps=6, lr=1e-2, shared=False, batch_size=8)
-    assert any(len(set(picked)) < 8 for picked, _ in seen)  # iid: with replacement (about 5 of 8 distinct)
-
-
 # ---------------------------------------------------------------------------- errors
 
 @pytest.mark.parametrize("overrides, message", [

@@ -167,7 +167,6 @@ def test_bf16_autocast_keeps_fp32_master_weights(tiny_sd):
     (dict(preserve_on="kept"), "preserve on must be one of concept, own, both"),
     (dict(lr_schedule="linear"), "lr schedule must be one of constant, cosine"),
     (dict(robust_objective="maximise"), "robust objective must be one of denoise, match"),
-    (dict(robust_sampling="sobol"), "robust sampling must be one of stratified, iid"),
 ])
 def test_config_validation(changes, message):
     with pytest.raises(ConfigError, match=message):
@@ -260,14 +259,13 @@ def test_robust_erase_trains_against_an_adversarial_prompt(model, request, monke
 
     calls, batches = [], []
     original = attack.learn_tokens
-    monkeypatch.setattr(attack, "learn_tokens", lambda *a, **k: calls.append(k["init"])
-                        or batches.append((k["batch_size"], k["stratified"])) or original(*a, **k))
+    monkeypatch.setattr(attack, "learn_tokens",
+                        lambda *a, **k: calls.append(k["init"]) or batches.append(k["batch_size"]) or original(*a, **k))
     base = load_base(request.getfixturevalue(model))
     before = weights_hash(base.unet)
     state = train(base, EraseConfig(concepts=["circle"], method="x", **FAST, **ROBUST, robust_batch=1), progress=False)
     assert len(calls) == 2  # refreshed at steps 0 and 2 of 4
-    stratified = EraseConfig(concepts=["circle"]).robust_sampling == "stratified"
-    assert batches == [(1, stratified)] * 2  # robust_batch latents per inner step, of robust_images, as sampled
+    assert batches == [1, 1]  # robust_batch latents per inner step, of robust_images
     assert calls[0] == "circle" and not isinstance(calls[1], str)  # starts as the concept, then warm-starts
     assert all(math.isfinite(loss) for loss in state.losses)
     assert weights_hash(base.unet) == before and weights_hash(state.unet) != before
