@@ -107,10 +107,6 @@ class EraseConfig:
     # model's prediction for the concept there (no latents to sample, the step's batch: 2.65x plain's
     # erase time instead of 3.47x on the toy, but it cost the preserved square 9.4 / 21.9 pts at seeds 0 / 2).
     robust_objective: str = "denoise"
-    # Adversarial prompts per concept: the first starts from the concept's words, the others from
-    # random vocabulary tokens (as the eval's embedding attack does); each refresh runs
-    # `robust_attack_steps` on each, and the adversarial loss is their mean.
-    robust_prompts: int = 1
 
     def __post_init__(self):
         # Own copies, normalised: a list the caller passed is never aliased or changed.
@@ -174,7 +170,7 @@ class EraseConfig:
             raise ConfigError(f"lr schedule must be one of {', '.join(LR_SCHEDULES)}, got '{self.lr_schedule}'")
         if self.preserve_on not in PRESERVE_ON:
             raise ConfigError(f"preserve on must be one of {', '.join(PRESERVE_ON)}, got '{self.preserve_on}'")
-        for name in ("robust_tokens", "robust_attack_steps", "robust_every", "robust_images", "robust_batch", "robust_prompts"):
+        for name in ("robust_tokens", "robust_attack_steps", "robust_every", "robust_images", "robust_batch"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name.replace('_', ' ')} must be positive, got {getattr(self, name)}")
         if not self.robust_lr > 0 or self.robust_weight < 0:

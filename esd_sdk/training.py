@@ -282,14 +282,14 @@ class _Trainer:
         edit_parts = parts[1:]
         adversarial = self.adversary is not None and self.adversary.active(self.step)
         if adversarial:
-            edit_parts = edit_parts + [a.index([0] * b) for a in self.adversary.conditioning(k, self.step, x, t, e_c)]
+            edit_parts = edit_parts + [self.adversary.conditioning(k, self.step, x, t, e_c).index([0] * b)]
         with _autocast(self.device, c.precision):
             pred = self._predict(x.repeat(len(edit_parts), 1, 1, 1), t, Conditioning.cat(edit_parts), frozen=False).float()
         loss = F.mse_loss(pred[:b], target)
         if n_keep:
             loss = loss + c.preserve_weight * F.mse_loss(pred[b:(1 + n_keep) * b], frozen[2 * b:])
-        if adversarial:  # the mean over the adversarial prompts, each held to the concept's target
-            loss = loss + c.robust_weight * F.mse_loss(pred[(1 + n_keep) * b:], target.repeat(c.robust_prompts, 1, 1, 1))
+        if adversarial:
+            loss = loss + c.robust_weight * F.mse_loss(pred[(1 + n_keep) * b:], target)
         return loss
 
     def keep_loss(self, j: int) -> torch.Tensor:
@@ -428,8 +428,6 @@ class _Adversary:
     `esd_sdk.attack.match_attack` on the step's own x_t ("match", AdvUnlearn's objective: the edited
     model's prediction matched to the frozen model's for the concept). The trainer then asks the
     edited model's prediction for that prompt to follow the same negatively guided target as the concept's.
-    With ``robust_prompts`` > 1 it keeps that many per concept, the others starting from random
-    vocabulary tokens, and the adversarial loss is their mean.
     Before ``robust_start`` of the steps the trainer is plain ESD: no attack, no adversarial term.
     """
 
@@ -448,58 +446,42 @@ class _Adversary:
             runs = -(-c.robust_images // c.batch_size)
             self.latents = [torch.cat([trainer._sample(trainer.concepts.index([k]), c.ddim_steps, frozen=True)
                                        for _ in range(runs)])[:c.robust_images].cpu() for k in range(len(trainer.concepts))]
-        self.soft: dict = {}  # (concept, prompt) -> an adversarial SoftPrompt
-        self.cond: dict[tuple[int, int], Conditioning] = {}  # the same, encoded (until the next refresh)
+        self.soft: dict = {}  # concept -> its adversarial SoftPrompt
+        self.cond: dict[int, Conditioning] = {}  # concept -> that prompt encoded (until the next refresh)
 
     def active(self, step: int) -> bool:
         """Whether the inner attack runs at ``step`` (from ``robust_start`` of the steps on)."""
         c = self.trainer.config
         return step >= int(c.robust_start * c.steps)
 
-    def conditioning(self, k: int, step: int, x: torch.Tensor, t: torch.Tensor, e_c: torch.Tensor) -> list[Conditioning]:
-        """The adversarial prompts of concept ``k``, refreshed against the current model when due
+    def conditioning(self, k: int, step: int, x: torch.Tensor, t: torch.Tensor, e_c: torch.Tensor) -> Conditioning:
+        """The adversarial prompt of concept ``k``, refreshed against the current model when due
         ("match" attacks this step's x_t at timestep t, where the frozen model predicts e_c)."""
-        c = self.trainer.config
-        keys = [(k, j) for j in range(c.robust_prompts)]
-        if (k, 0) not in self.soft or step % c.robust_every == 0:
-            for key in keys:
-                self._refresh(key, x, t, e_c)
-        for key in keys:
-            if key not in self.cond:
-                with torch.no_grad():
-                    self.cond[key] = self.soft[key].encode(self.target).to(self.trainer.device, torch.float32)
-        return [self.cond[key] for key in keys]
-
-    def _refresh(self, key: tuple[int, int], x: torch.Tensor, t: torch.Tensor, e_c: torch.Tensor) -> None:
-        """``robust_attack_steps`` more steps of the inner attack on one adversarial prompt: the
-        first of a concept starts from its words, the others from random vocabulary tokens."""
         from .attack import SoftPrompt, embedding_attack, init_vectors, match_attack
 
         c = self.trainer.config
-        k, j = key
-        words = c.concepts[k] if j == 0 else None
-        with _autocast(self.trainer.device, c.precision):
-            if c.robust_objective == "match":
-                start = self.soft.get(key) or SoftPrompt(
-                    [self.TEMPLATE], init_vectors(self.target, 1, c.robust_tokens, words, self.generator), [0])
-                self.soft[key] = match_attack(self.target, x, t, e_c, start, steps=c.robust_attack_steps, lr=c.robust_lr)
-            else:
-                self.soft[key] = embedding_attack(
-                    self.target, self.latents[k], self.TEMPLATE, n_tokens=c.robust_tokens,
-                    steps=c.robust_attack_steps, lr=c.robust_lr, init=self.soft.get(key, words),
-                    batch_size=c.robust_batch, generator=self.generator)
-        self.cond.pop(key, None)
-
-    @staticmethod
-    def _name(key: tuple[int, int], e: int) -> str:
-        k, j = key  # the first prompt keeps the name it had before there could be several
-        return f"robust/soft/{k}/{e}" if j == 0 else f"robust/soft/{k}/prompt{j}/{e}"
+        if k not in self.soft or step % c.robust_every == 0:
+            with _autocast(self.trainer.device, c.precision):
+                if c.robust_objective == "match":
+                    start = self.soft.get(k) or SoftPrompt(
+                        [self.TEMPLATE], init_vectors(self.target, 1, c.robust_tokens, c.concepts[k], self.generator), [0])
+                    self.soft[k] = match_attack(self.target, x, t, e_c, start, steps=c.robust_attack_steps, lr=c.robust_lr)
+                else:
+                    self.soft[k] = embedding_attack(
+                        self.target, self.latents[k], self.TEMPLATE, n_tokens=c.robust_tokens,
+                        steps=c.robust_attack_steps, lr=c.robust_lr, init=self.soft.get(k, c.concepts[k]),
+                        batch_size=c.robust_batch, generator=self.generator)
+            self.cond.pop(k, None)
+        if k not in self.cond:
+            with torch.no_grad():
+                self.cond[k] = self.soft[k].encode(self.target).to(self.trainer.device, torch.float32)
+        return self.cond[k]
 
     def state(self) -> dict[str, torch.Tensor]:
         out = {"robust/generator": self.generator.get_state()}
-        for key, soft in self.soft.items():
+        for k, soft in self.soft.items():
             for e, v in enumerate(soft.vectors):
-                out[self._name(key, e)] = v.cpu().contiguous()
+                out[f"robust/soft/{k}/{e}"] = v.cpu().contiguous()
         return out
 
     def load_state(self, tensors: dict[str, torch.Tensor]) -> None:
@@ -508,11 +490,10 @@ class _Adversary:
         self.generator.set_state(tensors["robust/generator"])
         self.cond.clear()
         for k in range(len(self.trainer.concepts)):
-            for j in range(self.trainer.config.robust_prompts):
-                vectors = [tensors[self._name((k, j), e)] for e in range(len(self.target.text_encoders))
-                           if self._name((k, j), e) in tensors]
-                if vectors:
-                    self.soft[(k, j)] = SoftPrompt([self.TEMPLATE], vectors, [0])
+            vectors = [tensors[f"robust/soft/{k}/{e}"] for e in range(len(self.target.text_encoders))
+                       if f"robust/soft/{k}/{e}" in tensors]
+            if vectors:
+                self.soft[k] = SoftPrompt([self.TEMPLATE], vectors, [0])
 
 
 def train(base: BaseModel, config: EraseConfig, device: str | torch.device | None = None,

@@ -343,40 +343,7 @@ def test_robust_match_resumes_exactly(tiny_sd, tmp_path, monkeypatch):
     assert resumed.manifest["config"]["robust_objective"] == "match"
 
 
-def test_several_adversarial_prompts_start_apart_and_all_train(tiny_sd, monkeypatch):
-    """robust_prompts=2: each refresh attacks both prompts (the concept's words and random tokens
-    to start, then each warm-starts from its own last result) and both join the trained batch."""
-    from esd_sdk import attack
-
-    inits, trained = [], []
-    original, predict = attack.learn_tokens, _Trainer._predict
-    monkeypatch.setattr(attack, "learn_tokens", lambda *a, **k: inits.append(k["init"]) or original(*a, **k))
-
-    def recording(self, x, t, cond, frozen):
-        if not frozen and torch.is_grad_enabled():
-            trained.append(cond.hidden.clone())
-        return predict(self, x, t, cond, frozen)
-
-    monkeypatch.setattr(_Trainer, "_predict", recording)
-    state = train(load_base(tiny_sd), EraseConfig(concepts=["circle"], method="x", **FAST, **ROBUST, robust_prompts=2),
-                  progress=False)
-    assert len(inits) == 4  # 2 prompts x refreshes at steps 0 and 2
-    assert inits[:2] == ["circle", None] and all(isinstance(i, attack.SoftPrompt) for i in inits[2:])
-    assert not torch.equal(inits[2].vectors[0], inits[3].vectors[0])  # two different prompts, each continued
-    assert all(h.shape[0] == 3 for h in trained)  # the concept and both adversarial prompts, batch 1
-    assert not torch.equal(trained[0][1], trained[0][2])
-    assert all(math.isfinite(loss) for loss in state.losses)
-
-
-def test_several_adversarial_prompts_resume_exactly(tiny_sd, tmp_path, monkeypatch):
-    config = dict(concepts=["circle"], method="x", steps=5, lr=1e-3, ddim_steps=6, **ROBUST, robust_prompts=2)
-    straight, resumed = _straight_and_resumed(tiny_sd, tmp_path / "edit", config, monkeypatch)
-    assert resumed.losses == straight.losses
-    assert resumed.manifest["config"]["robust_prompts"] == 2
-
-
-@pytest.mark.parametrize("setting", ["robust_tokens", "robust_attack_steps", "robust_every", "robust_images", "robust_batch",
-                                     "robust_prompts"])
+@pytest.mark.parametrize("setting", ["robust_tokens", "robust_attack_steps", "robust_every", "robust_images", "robust_batch"])
 def test_bad_robust_budgets_are_one_line_errors(setting):
     with pytest.raises(ConfigError, match=f"{setting.replace('_', ' ')} must be positive, got 0"):
         EraseConfig(concepts=["circle"], robust=True, **{setting: 0}).validate()
