@@ -1,0 +1,60 @@
+"""benchmarks/robust_seeds.py: the across-seeds table of plain vs robust ESD reads the per-seed
+reports, applies the toy goals at their exact thresholds, and refuses reports of another recipe."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def robust_seeds():
+    spec = importlib.util.spec_from_file_location("robust_seeds", ROOT / "benchmarks" / "robust_seeds.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _variant(erased, inversion, embedding, kept_drop):
+    attack = lambda asr: {"asr": asr, "control": 1.0}  # noqa: E731
+    return {"erased": erased, "max_kept_drop": kept_drop,
+            "attacks": {"inversion": attack(inversion), "embedding": attack(embedding)}}
+
+
+def _report(path: Path, seed: int, settings: dict | None = None, **variants) -> str:
+    path.write_text(json.dumps({"settings": {"seed": seed, **(settings or {})}, "preserve": {"circle": ["square"]},
+                                "rows": [{"concept": "circle", "robust_settings": {}, **variants}]}))
+    return path.name
+
+
+def test_goals_at_their_thresholds_and_pairing(robust_seeds, tmp_path):
+    names = [
+        _report(tmp_path / "s0.json", 0, plain=_variant(0.0625, 0.69, 0.66, 0.0), robust=_variant(0.0, 0.03125, 0.03125, 0.0)),
+        _report(tmp_path / "s1p.json", 1, plain=_variant(0.125, 0.5, 0.6, 0.0)),
+        _report(tmp_path / "s1r.json", 1, robust=_variant(0.0, 0.0, 0.0, 0.03125)),  # one kept image lost: a miss
+        _report(tmp_path / "s2.json", 2, plain=_variant(0.0, 0.2, 0.2, 0.0), robust=_variant(0.03125, 0.0, 0.3, 0.0)),
+    ]
+    (tmp_path / "sources.txt").write_text("# comment\n" + "\n".join(names) + "\n")
+    seeds = robust_seeds.collect(tmp_path / "sources.txt")
+    assert sorted(seeds) == [0, 1, 2] and set(seeds[1]) == {"plain", "robust"}
+    s = robust_seeds.summary(seeds)
+    assert s["met"] == 1 and s["met_each"] == {"asr": 2, "erased": 2, "kept": 2}
+    assert s["robust_lower_both_attacks"] == 2  # seed 2's embedding ASR rose
+    lo, hi = s["met_interval"]
+    assert 0.0 < lo < 1 / 3 < hi < 1.0
+    assert s["mean_over_paired_seeds"]["robust"]["inversion"] == pytest.approx(0.03125 / 3)
+    text = robust_seeds.markdown(seeds, s)
+    assert "| 0 | 6.2% / 69.0% / 66.0% / 0.0 pts | 0.0% / 3.1% / 3.1% / 0.0 pts | **yes** | yes |" in text
+    assert "| 1 |" in text and "**1 of 3**" in text
+
+
+def test_a_report_of_another_recipe_is_refused(robust_seeds, tmp_path):
+    name = _report(tmp_path / "lr.json", 3, settings={"lr": 3e-4}, robust=_variant(0.0, 0.0, 0.0, 0.0))
+    (tmp_path / "sources.txt").write_text(name + "\n")
+    with pytest.raises(SystemExit, match="not a default run"):
+        robust_seeds.collect(tmp_path / "sources.txt")
