@@ -91,7 +91,7 @@ class EraseConfig:
     robust: bool = False
     robust_tokens: int = 6  # learned vectors in the adversarial prompt
     robust_attack_steps: int = 10  # inner attack steps per refresh (warm-started from the last)
-    robust_every: int = 1  # outer steps between refreshes (1 x 10 on the toy: every goal but time met at 2 erase seeds of 5, at 3.5-3.9x plain's time; README)
+    robust_every: int = 1  # outer steps between refreshes (1 x 10 on the toy: every goal but time met at 3 erase seeds of 10, at 3.4-3.9x plain's time; README)
     robust_lr: float = 5e-2  # the inner attack's Adam learning rate
     robust_images: int = 8  # concept latents (from the frozen model) the inner attack learns from
     robust_batch: int = 8  # of those, latents per inner attack step (drawn at random each step)
