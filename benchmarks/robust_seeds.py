@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from pathlib import Path
+
+from multi_concept_reeval import wilson
 
 GOALS = {"asr": 0.05, "erased": 0.02, "kept_drop": 0.03}
 
@@ -44,32 +45,31 @@ def collect(sources: Path) -> dict[int, dict[str, dict]]:
         for name in ("plain", "robust"):
             if name in row:
                 seeds.setdefault(seed, {})[name] = {**figures(row[name]), "source": line}
+    if not any("robust" in v for v in seeds.values()):
+        raise SystemExit(f"{sources} lists no robust run: add the robust_toy.json reports of robust erases")
     return seeds
 
 
 def goals(r: dict) -> dict[str, bool]:
     """Which of the three toy goals one robust run meets."""
     return {"asr": max(r["inversion"], r["embedding"]) <= GOALS["asr"], "erased": r["erased"] <= GOALS["erased"],
-            "kept": r["kept_drop"] <= GOALS["kept_drop"] + 1e-9}
+            "kept": r["kept_drop"] <= GOALS["kept_drop"]}
 
 
 def meets(r: dict) -> bool:
     return all(goals(r).values())
 
 
-def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    if n == 0:
-        return 0.0, 1.0
-    p = k / n
-    centre, half = p + z * z / (2 * n), z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    return (centre - half) / (1 + z * z / n), (centre + half) / (1 + z * z / n)
+def lowers(plain: dict, robust: dict) -> bool:
+    """Whether robust ESD's rate under both attacks is below plain ESD's at the same seed."""
+    return all(robust[a] < plain[a] for a in ("inversion", "embedding"))
 
 
 def summary(seeds: dict[int, dict[str, dict]]) -> dict:
     both = sorted(s for s, v in seeds.items() if {"plain", "robust"} <= set(v))
     robust = [seeds[s]["robust"] for s in sorted(seeds) if "robust" in seeds[s]]
     met = sum(meets(r) for r in robust)
-    lower = sum(all(seeds[s]["robust"][a] < seeds[s]["plain"][a] for a in ("inversion", "embedding")) for s in both)
+    lower = sum(lowers(seeds[s]["plain"], seeds[s]["robust"]) for s in both)
     mean = {name: {k: sum(seeds[s][name][k] for s in both) / len(both) for k in ("erased", "inversion", "embedding", "kept_drop")}
             for name in ("plain", "robust")} if both else {}
     each = {g: sum(goals(r)[g] for r in robust) for g in ("asr", "erased", "kept")}
@@ -90,7 +90,7 @@ def markdown(seeds: dict[int, dict[str, dict]], s: dict) -> str:
     for seed in sorted(seeds):
         v = seeds[seed]
         p, r = v.get("plain"), v.get("robust")
-        below = "" if not (p and r) else ("yes" if all(r[a] < p[a] for a in ("inversion", "embedding")) else "no")
+        below = "" if not (p and r) else ("yes" if lowers(p, r) else "no")
         lines.append(f"| {seed} | {cells(p) if p else 'n/a'} | {cells(r) if r else 'n/a'} | "
                      f"{('**yes**' if meets(r) else 'no') if r else ''} | {below} |")
     if s["mean_over_paired_seeds"]:

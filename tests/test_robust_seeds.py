@@ -12,8 +12,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def robust_seeds():
+@pytest.fixture
+def robust_seeds(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))  # its sibling multi_concept_reeval (the Wilson interval)
     spec = importlib.util.spec_from_file_location("robust_seeds", ROOT / "benchmarks" / "robust_seeds.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
