@@ -112,11 +112,16 @@ class EraseConfig:
     # trajectory (trajectory), on the inner attack's own concept latents noised at random timesteps
     # (latents: where the attack finds the concept; "denoise" only), or both.
     robust_on: str = "trajectory"
+    # Prompts whose frozen-model images the inner attack learns from (robust_images, spread evenly
+    # over them); empty: the concept itself. One erased concept only.
+    robust_prompts: list[str] = field(default_factory=list)
 
     def __post_init__(self):
         # Own copies, normalised: a list the caller passed is never aliased or changed.
         self.concepts = [c.strip() for c in ([self.concepts] if isinstance(self.concepts, str) else self.concepts)]
         self.preserve = [p.strip() for p in ([self.preserve] if isinstance(self.preserve, str) else self.preserve)]
+        self.robust_prompts = [p.strip() for p in ([self.robust_prompts] if isinstance(self.robust_prompts, str)
+                                                   else self.robust_prompts)]
 
     @classmethod
     def for_model(cls, base: "BaseModel | str", concepts: str | list[str], method: str = "x",
@@ -182,6 +187,9 @@ class EraseConfig:
             raise ConfigError(f"robust lr must be > 0 and robust weight >= 0, got {self.robust_lr}, {self.robust_weight}")
         if self.robust_objective not in ROBUST_OBJECTIVES:
             raise ConfigError(f"robust objective must be one of {', '.join(ROBUST_OBJECTIVES)}, got '{self.robust_objective}'")
+        if self.robust_prompts and len(self.concepts) != 1:
+            raise ConfigError(f"robust prompts are for one erased concept, got {len(self.concepts)}: "
+                              "erase the concepts one at a time, or drop the robust prompts")
         if self.robust_on not in ROBUST_ON:
             raise ConfigError(f"robust on must be one of {', '.join(ROBUST_ON)}, got '{self.robust_on}'")
         if self.robust_on != "trajectory" and self.robust_objective != "denoise":

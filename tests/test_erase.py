@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from esd_sdk import load_base
+from esd_sdk.conditioning import encode_prompts
 from esd_sdk.config import EraseConfig
 from esd_sdk.training import EraseInterrupted, NonFiniteLossError, _Trainer, erase, train
 from esd_sdk.errors import ConfigError, OutputExistsError
@@ -169,6 +170,7 @@ def test_bf16_autocast_keeps_fp32_master_weights(tiny_sd):
     (dict(robust_objective="maximise"), "robust objective must be one of denoise, match"),
     (dict(robust_on="prompt"), "robust on must be one of trajectory, latents, both"),
     (dict(robust_on="latents", robust_objective="match"), "needs the denoise objective's latents"),
+    (dict(concepts=["circle", "square"], robust_prompts=["a red circle"]), "robust prompts are for one erased concept"),
 ])
 def test_config_validation(changes, message):
     with pytest.raises(ConfigError, match=message):
@@ -311,6 +313,24 @@ def test_robust_on_picks_where_the_adversarial_term_trains(on, passes, tiny_sd, 
     state = train(load_base(tiny_sd), config, progress=False)
     assert trained == passes * FAST["steps"]
     assert all(math.isfinite(loss) for loss in state.losses)
+
+
+def test_robust_prompts_spread_the_inner_attack_latents_over_them(tiny_sd, monkeypatch):
+    """The inner attack learns from the frozen model's images of each given prompt (not the concept's)."""
+    pooled, sample = [], _Trainer._sample
+
+    def recording(self, prompt, n, *a, frozen=None, **k):
+        if frozen:
+            pooled.append(prompt.hidden.clone())
+        return sample(self, prompt, n, *a, frozen=frozen, **k)
+
+    monkeypatch.setattr(_Trainer, "_sample", recording)
+    base = load_base(tiny_sd)
+    prompts = ["a red circle", "a circle at night"]
+    train(base, EraseConfig(concepts=["circle"], method="x", **FAST, **ROBUST, robust_prompts=prompts), progress=False)
+    expected = encode_prompts(base, prompts, torch.device("cpu"))
+    assert len(pooled) == 2  # robust_images 2 over 2 prompts: one latent (a batch of 1) of each
+    assert all(torch.equal(got[0], want) for got, want in zip(pooled, expected.hidden))
 
 
 def test_robust_on_latents_resumes_exactly(tiny_sd, tmp_path, monkeypatch):
