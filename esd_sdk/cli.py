@@ -199,9 +199,6 @@ def _slug(text: str) -> str:
 @click.option("--robust-objective", type=click.Choice(["denoise", "match"]),
               help="Robust: the inner attack's objective: denoise frozen-model concept images (UnlearnDiff) or "
                    "match the frozen model's concept prediction on the step's x_t (AdvUnlearn) [denoise].")
-@click.option("--robust-on", type=click.Choice(["trajectory", "latents", "both"]),
-              help="Robust: where the adversarial prompt is erased: the concept's x_t, the inner attack's "
-                   "noised concept latents, or both [trajectory].")
 @click.option("--device", help="torch device [cuda if available, else cpu].")
 @click.option("--processes", type=click.IntRange(min=1), default=1, show_default=True,
               help="Data-parallel processes on this machine, started with accelerate launch (one per GPU; "

@@ -281,21 +281,15 @@ class _Trainer:
         #    adversarial prompt of robust ESD, which must follow the same target), with autograd
         edit_parts = parts[1:]
         adversarial = self.adversary is not None and self.adversary.active(self.step)
-        on_trajectory = on_latents = False
         if adversarial:
-            adv = self.adversary.conditioning(k, self.step, x, t, e_c)
-            on_trajectory, on_latents = c.robust_on in ("trajectory", "both"), c.robust_on in ("latents", "both")
-            if on_trajectory:
-                edit_parts = edit_parts + [adv.index([0] * b)]
+            edit_parts = edit_parts + [self.adversary.conditioning(k, self.step, x, t, e_c).index([0] * b)]
         with _autocast(self.device, c.precision):
             pred = self._predict(x.repeat(len(edit_parts), 1, 1, 1), t, Conditioning.cat(edit_parts), frozen=False).float()
         loss = F.mse_loss(pred[:b], target)
         if n_keep:
             loss = loss + c.preserve_weight * F.mse_loss(pred[b:(1 + n_keep) * b], frozen[2 * b:])
-        if on_trajectory:
+        if adversarial:
             loss = loss + c.robust_weight * F.mse_loss(pred[(1 + n_keep) * b:], target)
-        if on_latents:
-            loss = loss + c.robust_weight * self.adversary.latent_loss(k, concept, adv, b)
         return loss
 
     def keep_loss(self, j: int) -> torch.Tensor:
@@ -449,10 +443,10 @@ class _Adversary:
         self.generator = torch.Generator().manual_seed(c.seed + 1)
         self.latents: list[torch.Tensor] = []  # "denoise": the concepts' latents the inner attack learns from
         if c.robust_objective == "denoise":
-            if c.robust_prompts:  # the pool spread evenly over the given prompts
-                cond = encode_prompts(trainer.base, c.robust_prompts, trainer.device, c.resolution).to(trainer.device, torch.float32)
-                each = -(-c.robust_images // len(c.robust_prompts))
-                self.latents = [torch.cat([self._pool(cond.index([i]), each) for i in range(len(c.robust_prompts))])[:c.robust_images]]
+            if c.robust_pool:  # the pool spread evenly over the given prompts
+                cond = encode_prompts(trainer.base, c.robust_pool, trainer.device, c.resolution).to(trainer.device, torch.float32)
+                each = -(-c.robust_images // len(c.robust_pool))
+                self.latents = [torch.cat([self._pool(cond.index([i]), each) for i in range(len(c.robust_pool))])[:c.robust_images]]
             else:
                 self.latents = [self._pool(trainer.concepts.index([k]), c.robust_images) for k in range(len(trainer.concepts))]
         self.soft: dict = {}  # concept -> its adversarial SoftPrompt
@@ -491,29 +485,6 @@ class _Adversary:
             with torch.no_grad():
                 self.cond[k] = self.soft[k].encode(self.target).to(self.trainer.device, torch.float32)
         return self.cond[k]
-
-    def latent_loss(self, k: int, concept: Conditioning, adv: Conditioning, b: int) -> torch.Tensor:
-        """The adversarial prompt's ESD term on ``b`` of concept ``k``'s attack latents, noised at
-        random timesteps: where the inner attack found the concept, the edited model's prediction
-        for the adversarial prompt must follow the negatively guided target of the frozen model."""
-        from .attack import NoiseSchedule
-
-        tr, c = self.trainer, self.trainer.config
-        schedule = self.__dict__.setdefault("schedule", NoiseSchedule(tr.scheduler))
-        pool = self.latents[k]
-        pick = torch.randint(0, pool.shape[0], (b,), generator=self.generator)
-        t = torch.randint(0, schedule.num_train_timesteps, (b,), generator=self.generator)
-        noise = torch.randn((b, *pool.shape[1:]), generator=self.generator)
-        x, _ = schedule.noisy(pool[pick], noise, t)
-        x, t = x.to(tr.device), t.to(tr.device)
-        with torch.no_grad(), _autocast(tr.device, c.precision):
-            frozen = tr._predict(torch.cat([x, x]), torch.cat([t, t]),
-                                 Conditioning.cat([tr.uncond.index([0] * b), concept.index([0] * b)]), frozen=True).float()
-        e_0, e_c = frozen.chunk(2)
-        target = e_0 - c.negative_guidance * (e_c - e_0)
-        with _autocast(tr.device, c.precision):
-            pred = tr._predict(x, t, adv.index([0] * b), frozen=False).float()
-        return F.mse_loss(pred, target)
 
     def state(self) -> dict[str, torch.Tensor]:
         out = {"robust/generator": self.generator.get_state()}

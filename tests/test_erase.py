@@ -168,9 +168,7 @@ def test_bf16_autocast_keeps_fp32_master_weights(tiny_sd):
     (dict(preserve_on="kept"), "preserve on must be one of concept, own, both"),
     (dict(lr_schedule="linear"), "lr schedule must be one of constant, cosine"),
     (dict(robust_objective="maximise"), "robust objective must be one of denoise, match"),
-    (dict(robust_on="prompt"), "robust on must be one of trajectory, latents, both"),
-    (dict(robust_on="latents", robust_objective="match"), "needs the denoise objective's latents"),
-    (dict(concepts=["circle", "square"], robust_prompts=["a red circle"]), "robust prompts are for one erased concept"),
+    (dict(concepts=["circle", "square"], robust_pool=["a red circle"]), "robust pool prompts are for one erased concept"),
 ])
 def test_config_validation(changes, message):
     with pytest.raises(ConfigError, match=message):
@@ -295,27 +293,7 @@ def test_robust_start_runs_the_inner_attack_only_from_that_fraction_of_the_steps
     assert len(state.losses) == 4 and all(math.isfinite(loss) for loss in state.losses)
 
 
-@pytest.mark.parametrize("on, passes", [("trajectory", [(4, 1)]), ("latents", [(2, 1), (2, 2)]),
-                                        ("both", [(4, 1), (2, 2)])])
-def test_robust_on_picks_where_the_adversarial_term_trains(on, passes, tiny_sd, monkeypatch):
-    """trajectory: the adversarial prompt joins the concept's x_t batch (one DDIM timestep);
-    latents: a separate pass on the inner attack's latents, each noised at its own timestep; both."""
-    trained, predict = [], _Trainer._predict
-
-    def recording(self, x, t, cond, frozen):
-        if not frozen and torch.is_grad_enabled():  # (rows, timesteps) of each pass the loss trains
-            trained.append((x.shape[0], torch.as_tensor(t).numel()))
-        return predict(self, x, t, cond, frozen)
-
-    monkeypatch.setattr(_Trainer, "_predict", recording)
-    config = EraseConfig(concepts=["circle"], method="x", batch_size=2, **FAST, **{**ROBUST, "robust_every": 1},
-                         robust_on=on)
-    state = train(load_base(tiny_sd), config, progress=False)
-    assert trained == passes * FAST["steps"]
-    assert all(math.isfinite(loss) for loss in state.losses)
-
-
-def test_robust_prompts_spread_the_inner_attack_latents_over_them(tiny_sd, monkeypatch):
+def test_robust_pool_spread_the_inner_attack_latents_over_them(tiny_sd, monkeypatch):
     """The inner attack learns from the frozen model's images of each given prompt (not the concept's)."""
     pooled, sample = [], _Trainer._sample
 
@@ -327,16 +305,10 @@ def test_robust_prompts_spread_the_inner_attack_latents_over_them(tiny_sd, monke
     monkeypatch.setattr(_Trainer, "_sample", recording)
     base = load_base(tiny_sd)
     prompts = ["a red circle", "a circle at night"]
-    train(base, EraseConfig(concepts=["circle"], method="x", **FAST, **ROBUST, robust_prompts=prompts), progress=False)
+    train(base, EraseConfig(concepts=["circle"], method="x", **FAST, **ROBUST, robust_pool=prompts), progress=False)
     expected = encode_prompts(base, prompts, torch.device("cpu"))
     assert len(pooled) == 2  # robust_images 2 over 2 prompts: one latent (a batch of 1) of each
     assert all(torch.equal(got[0], want) for got, want in zip(pooled, expected.hidden))
-
-
-def test_robust_on_latents_resumes_exactly(tiny_sd, tmp_path, monkeypatch):
-    config = dict(concepts=["circle"], method="x", steps=5, lr=1e-3, ddim_steps=6, **ROBUST, robust_on="both")
-    straight, resumed = _straight_and_resumed(tiny_sd, tmp_path / "edit", config, monkeypatch)
-    assert resumed.losses == straight.losses
 
 
 @pytest.mark.parametrize("start", [-0.1, 1.0])
