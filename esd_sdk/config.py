@@ -107,16 +107,11 @@ class EraseConfig:
     # model's prediction for the concept there (no latents to sample, the step's batch: 2.65x plain's
     # erase time instead of 3.47x on the toy, but it cost the preserved square 9.4 / 21.9 pts at seeds 0 / 2).
     robust_objective: str = "denoise"
-    # Prompts whose frozen-model images the inner attack learns from (robust_images, spread evenly
-    # over them); empty: the concept itself. One erased concept only.
-    robust_pool: list[str] = field(default_factory=list)
 
     def __post_init__(self):
         # Own copies, normalised: a list the caller passed is never aliased or changed.
         self.concepts = [c.strip() for c in ([self.concepts] if isinstance(self.concepts, str) else self.concepts)]
         self.preserve = [p.strip() for p in ([self.preserve] if isinstance(self.preserve, str) else self.preserve)]
-        self.robust_pool = [p.strip() for p in ([self.robust_pool] if isinstance(self.robust_pool, str)
-                                                   else self.robust_pool)]
 
     @classmethod
     def for_model(cls, base: "BaseModel | str", concepts: str | list[str], method: str = "x",
@@ -182,9 +177,6 @@ class EraseConfig:
             raise ConfigError(f"robust lr must be > 0 and robust weight >= 0, got {self.robust_lr}, {self.robust_weight}")
         if self.robust_objective not in ROBUST_OBJECTIVES:
             raise ConfigError(f"robust objective must be one of {', '.join(ROBUST_OBJECTIVES)}, got '{self.robust_objective}'")
-        if self.robust_pool and len(self.concepts) != 1:
-            raise ConfigError(f"robust pool prompts are for one erased concept, got {len(self.concepts)}: "
-                              "erase the concepts one at a time, or drop the robust pool")
         if not 0 <= self.robust_start < 1:
             raise ConfigError(f"robust start must be a fraction of the steps in [0, 1), got {self.robust_start}: "
                               "e.g. 0.5 starts the inner attack half-way")

@@ -443,20 +443,11 @@ class _Adversary:
         self.generator = torch.Generator().manual_seed(c.seed + 1)
         self.latents: list[torch.Tensor] = []  # "denoise": the concepts' latents the inner attack learns from
         if c.robust_objective == "denoise":
-            if c.robust_pool:  # the pool spread evenly over the given prompts
-                cond = encode_prompts(trainer.base, c.robust_pool, trainer.device, c.resolution).to(trainer.device, torch.float32)
-                each = -(-c.robust_images // len(c.robust_pool))
-                self.latents = [torch.cat([self._pool(cond.index([i]), each) for i in range(len(c.robust_pool))])[:c.robust_images]]
-            else:
-                self.latents = [self._pool(trainer.concepts.index([k]), c.robust_images) for k in range(len(trainer.concepts))]
+            runs = -(-c.robust_images // c.batch_size)
+            self.latents = [torch.cat([trainer._sample(trainer.concepts.index([k]), c.ddim_steps, frozen=True)
+                                       for _ in range(runs)])[:c.robust_images].cpu() for k in range(len(trainer.concepts))]
         self.soft: dict = {}  # concept -> its adversarial SoftPrompt
         self.cond: dict[int, Conditioning] = {}  # concept -> that prompt encoded (until the next refresh)
-
-    def _pool(self, prompt: Conditioning, n: int) -> torch.Tensor:
-        """``n`` latents of ``prompt`` sampled by the frozen model (whole trajectories), on the CPU."""
-        tr = self.trainer
-        runs = -(-n // tr.config.batch_size)
-        return torch.cat([tr._sample(prompt, tr.config.ddim_steps, frozen=True) for _ in range(runs)])[:n].cpu()
 
     def active(self, step: int) -> bool:
         """Whether the inner attack runs at ``step`` (from ``robust_start`` of the steps on)."""

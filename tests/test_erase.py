@@ -5,7 +5,6 @@ import pytest
 import torch
 
 from esd_sdk import load_base
-from esd_sdk.conditioning import encode_prompts
 from esd_sdk.config import EraseConfig
 from esd_sdk.training import EraseInterrupted, NonFiniteLossError, _Trainer, erase, train
 from esd_sdk.errors import ConfigError, OutputExistsError
@@ -168,7 +167,6 @@ def test_bf16_autocast_keeps_fp32_master_weights(tiny_sd):
     (dict(preserve_on="kept"), "preserve on must be one of concept, own, both"),
     (dict(lr_schedule="linear"), "lr schedule must be one of constant, cosine"),
     (dict(robust_objective="maximise"), "robust objective must be one of denoise, match"),
-    (dict(concepts=["circle", "square"], robust_pool=["a red circle"]), "robust pool prompts are for one erased concept"),
 ])
 def test_config_validation(changes, message):
     with pytest.raises(ConfigError, match=message):
@@ -291,24 +289,6 @@ def test_robust_start_runs_the_inner_attack_only_from_that_fraction_of_the_steps
     assert len(calls) == 2  # steps 2 and 3 of 4; steps 0 and 1 are plain ESD
     assert trained == [1, 1, 2, 2]  # the adversarial prompt joins the trained batch at step 2
     assert len(state.losses) == 4 and all(math.isfinite(loss) for loss in state.losses)
-
-
-def test_robust_pool_spread_the_inner_attack_latents_over_them(tiny_sd, monkeypatch):
-    """The inner attack learns from the frozen model's images of each given prompt (not the concept's)."""
-    pooled, sample = [], _Trainer._sample
-
-    def recording(self, prompt, n, *a, frozen=None, **k):
-        if frozen:
-            pooled.append(prompt.hidden.clone())
-        return sample(self, prompt, n, *a, frozen=frozen, **k)
-
-    monkeypatch.setattr(_Trainer, "_sample", recording)
-    base = load_base(tiny_sd)
-    prompts = ["a red circle", "a circle at night"]
-    train(base, EraseConfig(concepts=["circle"], method="x", **FAST, **ROBUST, robust_pool=prompts), progress=False)
-    expected = encode_prompts(base, prompts, torch.device("cpu"))
-    assert len(pooled) == 2  # robust_images 2 over 2 prompts: one latent (a batch of 1) of each
-    assert all(torch.equal(got[0], want) for got, want in zip(pooled, expected.hidden))
 
 
 @pytest.mark.parametrize("start", [-0.1, 1.0])
