@@ -41,8 +41,8 @@ def test_goals_at_their_thresholds_and_pairing(robust_seeds, tmp_path):
         _report(tmp_path / "s2.json", 2, plain=_variant(0.0, 0.2, 0.2, 0.0), robust=_variant(0.03125, 0.0, 0.3, 0.0)),
     ]
     (tmp_path / "sources.txt").write_text("# comment\n" + "\n".join(names) + "\n")
-    seeds = robust_seeds.collect(tmp_path / "sources.txt")
-    assert sorted(seeds) == [0, 1, 2] and set(seeds[1]) == {"plain", "robust"}
+    seeds, recipe = robust_seeds.collect(tmp_path / "sources.txt")
+    assert recipe == {} and sorted(seeds) == [0, 1, 2] and set(seeds[1]) == {"plain", "robust"}
     s = robust_seeds.summary(seeds)
     assert s["met"] == 1 and s["met_each"] == {"asr": 2, "erased": 2, "kept": 2}
     assert s["robust_lower_both_attacks"] == 2  # seed 2's embedding ASR rose
@@ -54,8 +54,24 @@ def test_goals_at_their_thresholds_and_pairing(robust_seeds, tmp_path):
     assert "| 1 |" in text and "**1 of 3**" in text
 
 
-def test_a_report_of_another_recipe_is_refused(robust_seeds, tmp_path):
-    name = _report(tmp_path / "lr.json", 3, settings={"lr": 3e-4}, robust=_variant(0.0, 0.0, 0.0, 0.0))
+def test_a_plain_run_of_another_recipe_is_refused(robust_seeds, tmp_path):
+    name = _report(tmp_path / "lr.json", 3, settings={"lr": 3e-4}, plain=_variant(0.0, 0.5, 0.5, 0.0))
     (tmp_path / "sources.txt").write_text(name + "\n")
-    with pytest.raises(SystemExit, match="not a default run"):
+    with pytest.raises(SystemExit, match="not the default"):
+        robust_seeds.collect(tmp_path / "sources.txt")
+
+
+def test_one_robust_recipe_across_the_rows(robust_seeds, tmp_path):
+    """Robust rows of another recipe are tabulated when all share it (plain ESD ignores robust_*
+    overrides, so a plain row from the same run still counts as the default); two recipes are refused."""
+    start = {"robust_start": 0.5}
+    names = [_report(tmp_path / "a.json", 0, settings=start, plain=_variant(0.1, 0.5, 0.5, 0.0), robust=_variant(0, 0, 0, 0)),
+             _report(tmp_path / "b.json", 1, settings=start, robust=_variant(0.0, 0.1, 0.0, 0.0))]
+    (tmp_path / "sources.txt").write_text("\n".join(names) + "\n")
+    seeds, recipe = robust_seeds.collect(tmp_path / "sources.txt")
+    assert recipe == start and set(seeds[0]) == {"plain", "robust"}
+    assert "robust with robust_start=0.5." in robust_seeds.markdown(seeds, robust_seeds.summary(seeds), recipe)
+    names.append(_report(tmp_path / "c.json", 2, robust=_variant(0, 0, 0, 0)))  # the default recipe
+    (tmp_path / "sources.txt").write_text("\n".join(names) + "\n")
+    with pytest.raises(SystemExit, match="list one robust recipe"):
         robust_seeds.collect(tmp_path / "sources.txt")
