@@ -3,8 +3,9 @@
     python benchmarks/robust_seeds.py benchmarks/results/robust_toy/seeds/across_seeds/sources.txt \
         --out benchmarks/results/robust_toy/seeds/across_seeds
 
-The sources file lists robust_toy.json paths (relative to the file), one a line; a seed may take
-its plain and robust rows from different files, a later line overriding an earlier one. Per seed it
+The sources file lists robust_toy.json paths (relative to the file), one a line, each optionally
+followed by the one variant to take from it (``plain`` or ``robust``); a seed may take its plain and
+robust rows from different files, a later line overriding an earlier one. Per seed it
 says whether robust ESD meets the toy goals of README *Red-teaming* (both attacks <= 5%, plain prompts
 <= 2%, every kept concept within 3 points: at 32 images a rate, one image is 3.1%, so these mean
 1, 0 and 0 images) and whether it lowers both attacks below plain ESD's; then the means, and how
@@ -52,6 +53,9 @@ def collect(sources: Path) -> tuple[dict[int, dict[str, dict]], dict]:
         line = line.split("#", 1)[0].strip()
         if not line:
             continue
+        line, *only = line.split()
+        if only and (len(only) > 1 or only[0] not in ("plain", "robust")):
+            raise SystemExit(f"{line}: after the path, name one variant to take from it (plain or robust), got {' '.join(only)}")
         data = json.loads((sources.parent / line).read_text())
         row = next(r for r in data["rows"] if r["concept"] == "circle")
         plain, robust = recipe_of(data, row)
@@ -59,7 +63,7 @@ def collect(sources: Path) -> tuple[dict[int, dict[str, dict]], dict]:
             raise SystemExit(f"{line}: preserves {data['preserve']}, not --preserve square: list only those")
         seed = data["settings"].get("seed", 0)
         for name, recipe in (("plain", plain), ("robust", robust)):
-            if name not in row:
+            if name not in row or (only and name != only[0]):
                 continue
             if name == "plain" and recipe:
                 raise SystemExit(f"{line}: plain ESD with {recipe}, not the default: list only default plain runs")

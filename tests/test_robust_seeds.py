@@ -71,7 +71,13 @@ def test_one_robust_recipe_across_the_rows(robust_seeds, tmp_path):
     seeds, recipe = robust_seeds.collect(tmp_path / "sources.txt")
     assert recipe == start and set(seeds[0]) == {"plain", "robust"}
     assert "robust with robust_start=0.5." in robust_seeds.markdown(seeds, robust_seeds.summary(seeds), recipe)
-    names.append(_report(tmp_path / "c.json", 2, robust=_variant(0, 0, 0, 0)))  # the default recipe
-    (tmp_path / "sources.txt").write_text("\n".join(names) + "\n")
+    names.append(_report(tmp_path / "c.json", 2, plain=_variant(0.2, 0.6, 0.6, 0.0), robust=_variant(0, 0, 0, 0)))
+    (tmp_path / "sources.txt").write_text("\n".join(names[:2] + [names[2] + " plain"]) + "\n")  # its plain row only
+    seeds, recipe = robust_seeds.collect(tmp_path / "sources.txt")
+    assert recipe == start and set(seeds[2]) == {"plain"} and seeds[2]["plain"]["erased"] == 0.2
+    (tmp_path / "sources.txt").write_text("\n".join(names) + "\n")  # its default robust row as well
     with pytest.raises(SystemExit, match="list one robust recipe"):
+        robust_seeds.collect(tmp_path / "sources.txt")
+    (tmp_path / "sources.txt").write_text(names[2] + " both\n")
+    with pytest.raises(SystemExit, match="name one variant to take from it"):
         robust_seeds.collect(tmp_path / "sources.txt")
