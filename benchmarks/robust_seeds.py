@@ -10,8 +10,8 @@ says whether robust ESD meets the toy goals of README *Red-teaming* (both attack
 <= 2%, every kept concept within 3 points: at 32 images a rate, one image is 3.1%, so these mean
 1, 0 and 0 images) and whether it lowers both attacks below plain ESD's; then the means, and how
 many seeds meet the goals with a 95% Wilson interval for that rate. Plain rows must be the default
-recipe; robust rows may be another (e.g. ``--set robust_start=0.5``) if every one of them is the same,
-and the table's first line names it. Reads reports only: no model runs.
+recipe; robust rows may be any recipe (e.g. ``--set robust_start=0.5``) if every one of them is the
+same, and the table's first line names it. Reads reports only: no model runs.
 """
 
 from __future__ import annotations
@@ -31,21 +31,25 @@ def figures(variant: dict) -> dict:
             "controls": min(a["inversion"]["control"], a["embedding"]["control"]), "kept_drop": variant["max_kept_drop"]}
 
 
-DEFAULT_ROBUST = ({}, {"robust_attack_steps": 10})  # the CLI robust settings of a default robust run
+# The robust settings a table compares, with the value each had before it existed (older reports lack it).
+ROBUST_KEYS = {"robust_tokens": 6, "robust_attack_steps": 10, "robust_every": 1, "robust_lr": 0.05, "robust_images": 8,
+               "robust_batch": 8, "robust_weight": 1.0, "robust_start": 0.0, "robust_objective": "denoise"}
 
 
 def recipe_of(data: dict, row: dict) -> tuple[dict, dict]:
-    """(the plain recipe, the robust recipe) of one report: its --set overrides other than the seed,
-    robust_* overrides only in the robust recipe (plain ESD ignores them), with its robust settings."""
+    """(the plain recipe, the robust recipe) of one report. Plain: its --set overrides other than the
+    seed and the robust_* ones (plain ESD ignores those). Robust: every setting of ROBUST_KEYS as the
+    robust erase ran it (from its recorded config; else the report's overrides), plus the other overrides."""
     overrides = {k: v for k, v in data["settings"].items() if k != "seed"}
     plain = {k: v for k, v in overrides.items() if not k.startswith("robust")}
-    robust = {**overrides, **({} if row["robust_settings"] in DEFAULT_ROBUST else row["robust_settings"])}
+    ran = row.get("robust", {}).get("config") or {**overrides, **row.get("robust_settings", {})}
+    robust = {**{k: ran.get(k, v) for k, v in ROBUST_KEYS.items()}, **plain}
     return plain, robust
 
 
 def collect(sources: Path) -> tuple[dict[int, dict[str, dict]], dict]:
     """seed -> {"plain": figures, "robust": figures} from the reports the sources file lists, and
-    the robust recipe they share (its overrides of the defaults; {} for the default). Plain rows
+    the robust recipe they share (`recipe_of`). Plain rows
     must be the default recipe with --preserve square, and every robust row the same recipe."""
     seeds: dict[int, dict[str, dict]] = {}
     recipes: dict[str, dict] = {}
@@ -68,8 +72,8 @@ def collect(sources: Path) -> tuple[dict[int, dict[str, dict]], dict]:
             if name == "plain" and recipe:
                 raise SystemExit(f"{line}: plain ESD with {recipe}, not the default: list only default plain runs")
             if recipes.setdefault(name, recipe) != recipe:
-                raise SystemExit(f"{line}: robust ESD with {recipe or 'the defaults'}, but an earlier line had "
-                                 f"{recipes[name] or 'the defaults'}: list one robust recipe, so that every row is the same")
+                raise SystemExit(f"{line}: robust ESD {describe(recipe)}, but an earlier line had {describe(recipes[name])}: "
+                                 "list one robust recipe, so that every row is the same")
             seeds.setdefault(seed, {})[name] = {**figures(row[name]), "source": line}
     if not any("robust" in v for v in seeds.values()):
         raise SystemExit(f"{sources} lists no robust run: add the robust_toy.json reports of robust erases")
@@ -105,15 +109,19 @@ def summary(seeds: dict[int, dict[str, dict]]) -> dict:
 
 
 def describe(recipe: dict) -> str:
-    """A robust recipe in words: its defaults, or its overrides as --set pairs."""
-    return "at its defaults (1 x 10)" if not recipe else "with " + " ".join(f"{k}={v}" for k, v in recipe.items())
+    """A robust recipe in words: refresh x inner steps, where the inner attack starts, and any
+    setting that differs from ROBUST_KEYS' values."""
+    text = f"{recipe['robust_every']} x {recipe['robust_attack_steps']} from {recipe['robust_start']:g} of the steps"
+    other = {k: v for k, v in recipe.items() if k not in ("robust_every", "robust_attack_steps", "robust_start")
+             and ROBUST_KEYS.get(k, object()) != v}
+    return text + "".join(f", {k}={v}" for k, v in other.items())
 
 
 def markdown(seeds: dict[int, dict[str, dict]], s: dict, recipe: dict | None = None) -> str:
     pct = lambda v: f"{100 * v:.1f}%"  # noqa: E731
     pts = lambda v: f"{100 * v:.1f} pts"  # noqa: E731
     cells = lambda r: f"{pct(r['erased'])} / {pct(r['inversion'])} / {pct(r['embedding'])} / {pts(r['kept_drop'])}"  # noqa: E731
-    lines = [f"ESD-u \"circle\" --preserve square on the toy, toy defaults; robust {describe(recipe or {})}. "
+    lines = [f"ESD-u \"circle\" --preserve square on the toy, toy defaults; robust {describe(recipe or ROBUST_KEYS)}. "
              "Eval and attack seed 0, 32 images a rate, toy judge. Cells: plain prompts / inversion ASR / "
              "embedding ASR / max kept drop.", "",
              "| erase seed | plain ESD | robust ESD | robust meets the goals | robust below plain (both attacks) |",

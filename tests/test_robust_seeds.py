@@ -42,7 +42,7 @@ def test_goals_at_their_thresholds_and_pairing(robust_seeds, tmp_path):
     ]
     (tmp_path / "sources.txt").write_text("# comment\n" + "\n".join(names) + "\n")
     seeds, recipe = robust_seeds.collect(tmp_path / "sources.txt")
-    assert recipe == {} and sorted(seeds) == [0, 1, 2] and set(seeds[1]) == {"plain", "robust"}
+    assert recipe == robust_seeds.ROBUST_KEYS and sorted(seeds) == [0, 1, 2] and set(seeds[1]) == {"plain", "robust"}
     s = robust_seeds.summary(seeds)
     assert s["met"] == 1 and s["met_each"] == {"asr": 2, "erased": 2, "kept": 2}
     assert s["robust_lower_both_attacks"] == 2  # seed 2's embedding ASR rose
@@ -52,6 +52,17 @@ def test_goals_at_their_thresholds_and_pairing(robust_seeds, tmp_path):
     text = robust_seeds.markdown(seeds, s)
     assert "| 0 | 6.2% / 69.0% / 66.0% / 0.0 pts | 0.0% / 3.1% / 3.1% / 0.0 pts | **yes** | yes |" in text
     assert "| 1 |" in text and "**1 of 3**" in text
+
+
+def test_the_recipe_comes_from_the_recorded_config(robust_seeds, tmp_path):
+    """A report records the config the robust erase ran: the recipe reads it, so a run at a later
+    default (no --set) is told apart from one at an earlier default."""
+    robust = {**_variant(0, 0, 0, 0), "config": {"robust_start": 0.5, "robust_attack_steps": 10, "lr": 2e-4}}
+    name = _report(tmp_path / "r.json", 0, robust=robust)
+    (tmp_path / "sources.txt").write_text(name + "\n")
+    _, recipe = robust_seeds.collect(tmp_path / "sources.txt")
+    assert recipe == {**robust_seeds.ROBUST_KEYS, "robust_start": 0.5}
+    assert robust_seeds.describe({**recipe, "robust_batch": 4}) == "1 x 10 from 0.5 of the steps, robust_batch=4"
 
 
 def test_a_plain_run_of_another_recipe_is_refused(robust_seeds, tmp_path):
@@ -69,12 +80,12 @@ def test_one_robust_recipe_across_the_rows(robust_seeds, tmp_path):
              _report(tmp_path / "b.json", 1, settings=start, robust=_variant(0.0, 0.1, 0.0, 0.0))]
     (tmp_path / "sources.txt").write_text("\n".join(names) + "\n")
     seeds, recipe = robust_seeds.collect(tmp_path / "sources.txt")
-    assert recipe == start and set(seeds[0]) == {"plain", "robust"}
-    assert "robust with robust_start=0.5." in robust_seeds.markdown(seeds, robust_seeds.summary(seeds), recipe)
+    assert recipe["robust_start"] == 0.5 and set(seeds[0]) == {"plain", "robust"}
+    assert "robust 1 x 10 from 0.5 of the steps." in robust_seeds.markdown(seeds, robust_seeds.summary(seeds), recipe)
     names.append(_report(tmp_path / "c.json", 2, plain=_variant(0.2, 0.6, 0.6, 0.0), robust=_variant(0, 0, 0, 0)))
     (tmp_path / "sources.txt").write_text("\n".join(names[:2] + [names[2] + " plain"]) + "\n")  # its plain row only
     seeds, recipe = robust_seeds.collect(tmp_path / "sources.txt")
-    assert recipe == start and set(seeds[2]) == {"plain"} and seeds[2]["plain"]["erased"] == 0.2
+    assert recipe["robust_start"] == 0.5 and set(seeds[2]) == {"plain"} and seeds[2]["plain"]["erased"] == 0.2
     (tmp_path / "sources.txt").write_text("\n".join(names) + "\n")  # its default robust row as well
     with pytest.raises(SystemExit, match="list one robust recipe"):
         robust_seeds.collect(tmp_path / "sources.txt")
