@@ -195,7 +195,7 @@ def _slug(text: str) -> str:
 @click.option("--robust-every", type=int, help="Robust: steps between refreshes of the adversarial prompt [1].")
 @click.option("--robust-batch", type=int, help="Robust: concept latents per inner attack step, drawn from 8 [8].")
 @click.option("--robust-start", type=float,
-              help="Robust: fraction of the steps trained as plain ESD before the inner attack joins [0].")
+              help="Robust: fraction of the steps trained as plain ESD before the inner attack joins [0.5].")
 @click.option("--robust-objective", type=click.Choice(["denoise", "match"]),
               help="Robust: the inner attack's objective: denoise frozen-model concept images (UnlearnDiff) or "
                    "match the frozen model's concept prediction on the step's x_t (AdvUnlearn) [denoise].")

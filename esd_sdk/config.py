@@ -91,16 +91,18 @@ class EraseConfig:
     robust: bool = False
     robust_tokens: int = 6  # learned vectors in the adversarial prompt
     robust_attack_steps: int = 10  # inner attack steps per refresh (warm-started from the last)
-    robust_every: int = 1  # outer steps between refreshes (1 x 10 on the toy: every goal but time met at 3 erase seeds of 10, at 3.4-3.9x plain's time; README)
+    robust_every: int = 1  # outer steps between refreshes (1 x 10 from half-way: README *Red-teaming*)
     robust_lr: float = 5e-2  # the inner attack's Adam learning rate
     robust_images: int = 8  # concept latents (from the frozen model) the inner attack learns from
     robust_batch: int = 8  # of those, latents per inner attack step (drawn at random each step)
     robust_weight: float = 1.0  # weight of the adversarial ESD loss
-    # Fraction of the steps trained as plain ESD before the inner attack joins (the idea: while the
-    # concept's own words still bring it back, the ESD term on them already does the adversary's
-    # work, so the inner attack's cost goes to the later steps). 0.5 takes 2.24x plain's
-    # time instead of 3.47x on the toy, but met the ASR/kept goals at 1 erase seed in 3 (start 0: 2 of the same 3).
-    robust_start: float = 0.0
+    # Fraction of the steps trained as plain ESD before the inner attack joins (while the concept's
+    # own words still bring it back, the ESD term on them already does the adversary's work, so the
+    # inner attack's cost goes to the later steps). Measured on the toy over 10 erase seeds (README
+    # *Red-teaming*): 0.5 takes 2.39x plain's erase time instead of 3.61x (side by side) and leaves less on
+    # average (11.6 / 15.0% under the two attacks against 19.1 / 17.8%; at worst 31.2 / 50.0% against
+    # 68.8 / 71.9%), but meets the per-seed goals at 1 seed of 10 against 3 (one image with the plain prompts).
+    robust_start: float = 0.5
     # What the inner attack optimises. "denoise": the diffusion-classifier loss on `robust_images`
     # frozen-model concept latents (UnlearnDiff's objective, the eval's embedding attack). "match":
     # AdvUnlearn's, the edited model's prediction for the step's own x_t matched to the frozen

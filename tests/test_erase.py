@@ -250,7 +250,7 @@ def test_erase_argument_errors(tiny_sd):
         erase(tiny_sd, "circle", config=EraseConfig(concepts=["circle"]))
 
 
-ROBUST = dict(robust=True, robust_tokens=2, robust_attack_steps=2, robust_every=2, robust_images=2)
+ROBUST = dict(robust=True, robust_tokens=2, robust_attack_steps=2, robust_every=2, robust_images=2, robust_start=0.0)
 
 
 @pytest.mark.parametrize("model", ["tiny_sd", "tiny_sd_v", "tiny_sdxl"])
@@ -284,7 +284,7 @@ def test_robust_start_runs_the_inner_attack_only_from_that_fraction_of_the_steps
         return predict(self, x, t, cond, frozen)
 
     monkeypatch.setattr(_Trainer, "_predict", recording)
-    config = EraseConfig(concepts=["circle"], method="x", **FAST, **{**ROBUST, "robust_every": 1}, robust_start=0.5)
+    config = EraseConfig(concepts=["circle"], method="x", **FAST, **{**ROBUST, "robust_every": 1, "robust_start": 0.5})
     state = train(load_base(tiny_sd), config, progress=False)
     assert len(calls) == 2  # steps 2 and 3 of 4; steps 0 and 1 are plain ESD
     assert trained == [1, 1, 2, 2]  # the adversarial prompt joins the trained batch at step 2
