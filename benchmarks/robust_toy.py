@@ -119,13 +119,21 @@ def timing(base, args) -> dict:
     return data
 
 
+def ran(data: dict) -> str:
+    """The robust erase's inner attack as it ran (from its recorded config): defaults change between versions."""
+    c = next((r["robust"]["config"] for r in data["rows"] if "robust" in r and "config" in r["robust"]), None)
+    if c is None:
+        return ""
+    return f" ({c['robust_every']} x {c['robust_attack_steps']} from {c.get('robust_start', 0.0):g} of the steps)"
+
+
 def markdown(data: dict) -> str:
     pct = lambda v: "n/a" if v is None else f"{100 * v:.1f}%"  # noqa: E731
     frac = pct
     overrides = {k: v for k, v in data["settings"].items() if k != "seed"}  # --set, besides the erase seed
     lines = [f"Toy world, toy defaults, erase seed {data['settings'].get('seed', 0)}, eval seed 0; "
              f"{data['n']} images per prompt, toy judge; {data['threads']} torch "
-             f"thread(s). Robust settings: {data['rows'][0]['robust_settings'] or 'defaults'}; preserve: "
+             f"thread(s). Robust settings: {data['rows'][0]['robust_settings'] or 'defaults'}{ran(data)}; preserve: "
              f"{data['preserve'] or 'none'}{'; --set ' + ', '.join(f'{k}={v}' for k, v in overrides.items()) if overrides else ''}.",
              "",
              "| erase | variant | plain prompts | inversion ASR | embedding ASR | control inv. / emb. (base) | max kept drop | erase s |",
