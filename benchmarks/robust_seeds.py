@@ -1,7 +1,9 @@
 """Plain vs robust ESD across erase seeds: one table from the robust_toy.py reports of each seed.
 
+    python benchmarks/robust_seeds.py benchmarks/results/robust_toy/seeds/across_seeds_start50/sources.txt \
+        --out benchmarks/results/robust_toy/seeds/across_seeds_start50    # the default (from half-way)
     python benchmarks/robust_seeds.py benchmarks/results/robust_toy/seeds/across_seeds/sources.txt \
-        --out benchmarks/results/robust_toy/seeds/across_seeds
+        --out benchmarks/results/robust_toy/seeds/across_seeds            # from the start (before stop 28)
 
 The sources file lists robust_toy.json paths (relative to the file), one a line, each optionally
 followed by the one variant to take from it (``plain`` or ``robust``); a seed may take its plain and

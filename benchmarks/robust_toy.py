@@ -4,7 +4,7 @@ what does it cost the kept concepts, and how much longer does it take?
     python benchmarks/robust_toy.py                              # ESD-u "circle" and ESD-x "striped"
     python benchmarks/robust_toy.py --only circle --robust-every 2 --robust-attack-steps 10
     python benchmarks/robust_toy.py --only circle --preserve square --timing 1x5 1x10   # erase time only
-    python benchmarks/robust_toy.py --only circle --preserve square --timing 1x10 1x10@0.5  # @: --robust-start
+    python benchmarks/robust_toy.py --only circle --preserve square --timing 1x10@0 1x10@0.5  # @: --robust-start (default 0.5)
     python benchmarks/robust_toy.py --only circle --preserve square --timing 1x10 1x10:match  # :--robust-objective
     python benchmarks/robust_toy.py --only circle --preserve square --timing 1x10 1x10,robust_images=16  # ,KEY=VALUE
 
