@@ -54,7 +54,7 @@ def collect(sources: Path) -> tuple[dict[int, dict[str, dict]], dict]:
     the robust recipe they share (`recipe_of`). Plain rows
     must be the default recipe with --preserve square, and every robust row the same recipe."""
     seeds: dict[int, dict[str, dict]] = {}
-    recipes: dict[str, dict] = {}
+    shared: dict | None = None  # the robust recipe of the first robust row
     for line in sources.read_text().splitlines():
         line = line.split("#", 1)[0].strip()
         if not line:
@@ -73,13 +73,15 @@ def collect(sources: Path) -> tuple[dict[int, dict[str, dict]], dict]:
                 continue
             if name == "plain" and recipe:
                 raise SystemExit(f"{line}: plain ESD with {recipe}, not the default: list only default plain runs")
-            if recipes.setdefault(name, recipe) != recipe:
-                raise SystemExit(f"{line}: robust ESD {describe(recipe)}, but an earlier line had {describe(recipes[name])}: "
-                                 "list one robust recipe, so that every row is the same")
+            if name == "robust":
+                shared = recipe if shared is None else shared
+                if recipe != shared:
+                    raise SystemExit(f"{line}: robust ESD {describe(recipe)}, but an earlier line had {describe(shared)}: "
+                                     "list one robust recipe, so that every row is the same")
             seeds.setdefault(seed, {})[name] = {**figures(row[name]), "source": line}
-    if not any("robust" in v for v in seeds.values()):
+    if shared is None:
         raise SystemExit(f"{sources} lists no robust run: add the robust_toy.json reports of robust erases")
-    return seeds, recipes.get("robust", {})
+    return seeds, shared
 
 
 def goals(r: dict) -> dict[str, bool]:

@@ -30,6 +30,7 @@ import esd_sdk
 from esd_sdk.attack import run_attacks
 from esd_sdk.evaluate import evaluate
 from toy_erasure import setting, toy_base
+from robust_seeds import describe, recipe_of
 
 ERASES = {"circle": "u", "striped": "x"}
 NEIGHBOURS = {"circle": ["square", "triangle", "cross"], "striped": ["dotted"]}  # held by --preserve-neighbours
@@ -120,11 +121,10 @@ def timing(base, args) -> dict:
 
 
 def ran(data: dict) -> str:
-    """The robust erase's inner attack as it ran (from its recorded config): defaults change between versions."""
-    c = next((r["robust"]["config"] for r in data["rows"] if "robust" in r and "config" in r["robust"]), None)
-    if c is None:
-        return ""
-    return f" ({c['robust_every']} x {c['robust_attack_steps']} from {c.get('robust_start', 0.0):g} of the steps)"
+    """The robust erase's inner attack as it ran (its recorded config, in robust_seeds' words):
+    "defaults" alone would not say which, since the defaults change between versions."""
+    row = next((r for r in data["rows"] if "config" in r.get("robust", {})), None)
+    return f" ({describe(recipe_of(data, row)[1])})" if row else ""
 
 
 def markdown(data: dict) -> str:
