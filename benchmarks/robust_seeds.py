@@ -11,9 +11,9 @@ robust rows from different files, a later line overriding an earlier one. Per se
 says whether robust ESD meets the toy goals of README *Red-teaming* (both attacks <= 5%, plain prompts
 <= 2%, every kept concept within 3 points: at 32 images a rate, one image is 3.1%, so these mean
 1, 0 and 0 images) and whether it lowers both attacks below plain ESD's; then the means, and how
-many seeds meet the goals with a 95% Wilson interval for that rate. Plain rows must be the default
-recipe; robust rows may be any recipe (e.g. ``--set robust_start=0.5``) if every one of them is the
-same, and the table's first line names it. Reads reports only: no model runs.
+many seeds meet the goals with a 95% Wilson interval for that rate. Plain rows may be any one recipe
+(the default, or e.g. ``--method all``) and robust rows any one recipe (e.g. ``--set robust_start=0.5``),
+if every row of each is the same; the table's first line names both. Reads reports only: no model runs.
 """
 
 from __future__ import annotations
@@ -40,21 +40,24 @@ ROBUST_KEYS = {"robust_tokens": 6, "robust_attack_steps": 10, "robust_every": 1,
 
 def recipe_of(data: dict, row: dict) -> tuple[dict, dict]:
     """(the plain recipe, the robust recipe) of one report. Plain: its --set overrides other than the
-    seed and the robust_* ones (plain ESD ignores those). Robust: every setting of ROBUST_KEYS as the
-    robust erase ran it (from its recorded config; else the report's overrides), plus the other overrides."""
+    seed and the robust_* ones (plain ESD ignores those), and its ESD method where it is not u. Robust:
+    every setting of ROBUST_KEYS as the robust erase ran it (from its recorded config; else the report's
+    overrides), plus the plain recipe."""
     overrides = {k: v for k, v in data["settings"].items() if k != "seed"}
+    if row.get("method", "u") != "u":
+        overrides["method"] = row["method"]
     plain = {k: v for k, v in overrides.items() if not k.startswith("robust")}
     ran = row.get("robust", {}).get("config") or {**overrides, **row.get("robust_settings", {})}
     robust = {**{k: ran.get(k, v) for k, v in ROBUST_KEYS.items()}, **plain}
     return plain, robust
 
 
-def collect(sources: Path) -> tuple[dict[int, dict[str, dict]], dict]:
+def collect(sources: Path) -> tuple[dict[int, dict[str, dict]], dict[str, dict]]:
     """seed -> {"plain": figures, "robust": figures} from the reports the sources file lists, and
-    the robust recipe they share (`recipe_of`). Plain rows
-    must be the default recipe with --preserve square, and every robust row the same recipe."""
+    the recipe each variant's rows share (`recipe_of`): {"plain": ..., "robust": ...}. Every row must
+    preserve the square, and every row of a variant be of the same recipe."""
     seeds: dict[int, dict[str, dict]] = {}
-    shared: dict | None = None  # the robust recipe of the first robust row
+    shared: dict[str, dict] = {}  # variant -> the recipe of its first row
     for line in sources.read_text().splitlines():
         line = line.split("#", 1)[0].strip()
         if not line:
@@ -71,15 +74,13 @@ def collect(sources: Path) -> tuple[dict[int, dict[str, dict]], dict]:
         for name, recipe in (("plain", plain), ("robust", robust)):
             if name not in row or (only and name != only[0]):
                 continue
-            if name == "plain" and recipe:
-                raise SystemExit(f"{line}: plain ESD with {recipe}, not the default: list only default plain runs")
-            if name == "robust":
-                shared = recipe if shared is None else shared
-                if recipe != shared:
-                    raise SystemExit(f"{line}: robust ESD {describe(recipe)}, but an earlier line had {describe(shared)}: "
-                                     "list one robust recipe, so that every row is the same")
+            first = shared.setdefault(name, recipe)
+            if recipe != first:
+                words = (lambda r: describe(r) if name == "robust" else describe_plain(r))  # noqa: E731
+                raise SystemExit(f"{line}: {name} ESD {words(recipe)}, but an earlier line had {words(first)}: "
+                                 f"list one {name} recipe, so that every row is the same")
             seeds.setdefault(seed, {})[name] = {**figures(row[name]), "source": line}
-    if shared is None:
+    if "robust" not in shared:
         raise SystemExit(f"{sources} lists no robust run: add the robust_toy.json reports of robust erases")
     return seeds, shared
 
@@ -121,11 +122,20 @@ def describe(recipe: dict) -> str:
     return text + "".join(f", {k}={v}" for k, v in other.items())
 
 
-def markdown(seeds: dict[int, dict[str, dict]], s: dict, recipe: dict | None = None) -> str:
+def describe_plain(recipe: dict) -> str:
+    """A plain recipe in words: the toy defaults, or the settings that differ from them."""
+    other = {k: v for k, v in recipe.items() if k != "method"}
+    return "toy defaults" + "".join(f", {k}={v}" for k, v in other.items())
+
+
+def markdown(seeds: dict[int, dict[str, dict]], s: dict, recipes: dict[str, dict] | None = None) -> str:
     pct = lambda v: f"{100 * v:.1f}%"  # noqa: E731
     pts = lambda v: f"{100 * v:.1f} pts"  # noqa: E731
     cells = lambda r: f"{pct(r['erased'])} / {pct(r['inversion'])} / {pct(r['embedding'])} / {pts(r['kept_drop'])}"  # noqa: E731
-    lines = [f"ESD-u \"circle\" --preserve square on the toy, toy defaults; robust {describe(recipe or ROBUST_KEYS)}. "
+    recipes = recipes or {}
+    plain, robust = recipes.get("plain", {}), recipes.get("robust", ROBUST_KEYS)
+    lines = [f"ESD-{plain.get('method', 'u')} \"circle\" --preserve square on the toy, {describe_plain(plain)}; "
+             f"robust {describe({k: v for k, v in robust.items() if (k, v) != ('method', plain.get('method'))})}. "
              "Eval and attack seed 0, 32 images a rate, toy judge. Cells: plain prompts / inversion ASR / "
              "embedding ASR / max kept drop.", "",
              "| erase seed | plain ESD | robust ESD | robust meets the goals | robust below plain (both attacks) |",
@@ -156,13 +166,13 @@ def main() -> None:
     args = parser.parse_args()
     if not args.sources.is_file():
         parser.error(f"{args.sources} is not a file: list robust_toy.json paths in it, one a line")
-    seeds, recipe = collect(args.sources)
+    seeds, recipes = collect(args.sources)
     s = summary(seeds)
-    text = markdown(seeds, s, recipe)
+    text = markdown(seeds, s, recipes)
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "across_seeds.md").write_text(text)
-        (args.out / "across_seeds.json").write_text(json.dumps({"seeds": seeds, "robust_recipe": recipe, "summary": s}, indent=2) + "\n")
+        (args.out / "across_seeds.json").write_text(json.dumps({"seeds": seeds, "robust_recipe": recipes["robust"], "plain_recipe": recipes.get("plain", {}), "summary": s}, indent=2) + "\n")
     print(text)
 
 

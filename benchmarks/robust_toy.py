@@ -7,6 +7,8 @@ what does it cost the kept concepts, and how much longer does it take?
     python benchmarks/robust_toy.py --only circle --preserve square --timing 1x10@0 1x10@0.5  # @: --robust-start (default 0.5)
     python benchmarks/robust_toy.py --only circle --preserve square --timing 1x10 1x10:match  # :--robust-objective
     python benchmarks/robust_toy.py --only circle --preserve square --timing 1x10 1x10,robust_images=16  # ,KEY=VALUE
+    python benchmarks/robust_toy.py --only circle --preserve square --method all    # another ESD method for both
+    python benchmarks/robust_toy.py --only circle --preserve square --timing 1x10 1x10,method=all  # against plain ESD-u
 
 For each erase, plain and robust are trained back to back from the same base and seed (the erase
 time ratio is measured side by side, in one process), then scored the same way:
@@ -100,12 +102,14 @@ def timing(base, args) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.rounds):
             for name in (list(variants) if r % 2 == 0 else list(variants)[::-1]):
-                result = esd_sdk.erase(base, concept, method=ERASES[concept], out=Path(tmp) / "edit", overwrite=True,
-                                       progress=False, **keep, **variants[name])
+                extra = dict(variants[name])
+                method = extra.pop("method", args.method or ERASES[concept])  # ",method=all": that variant's own
+                result = esd_sdk.erase(base, concept, method=method, out=Path(tmp) / "edit", overwrite=True,
+                                       progress=False, **keep, **extra)
                 seconds[name].append(result.seconds)
                 print(f"round {r + 1} {name}: {result.seconds:.1f}s", flush=True)
     median = {name: statistics.median(v) for name, v in seconds.items()}
-    data = {"concept": concept, "method": ERASES[concept], "preserve": keep.get("preserve"), "settings": keep,
+    data = {"concept": concept, "method": args.method or ERASES[concept], "preserve": keep.get("preserve"), "settings": keep,
             "threads": torch.get_num_threads(), "rounds": args.rounds, "seconds": seconds,
             "ratio_to_plain": {name: median[name] / median["plain"] for name in variants}}
     lines = [f"Erase time only, toy, ESD-{data['method']} \"{concept}\"{' --preserve ' + ' '.join(keep['preserve']) if keep.get('preserve') else ''}, "
@@ -155,6 +159,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", action="append", choices=sorted(ERASES))
     parser.add_argument("-n", type=int, default=8, help="images per prompt")
+    parser.add_argument("--method", choices=["u", "x", "x-strict", "self", "all"],
+                        help="ESD method of plain and robust alike [circle: u, striped: x]")
     parser.add_argument("--robust-tokens", type=int)
     parser.add_argument("--robust-attack-steps", type=int)
     parser.add_argument("--robust-every", type=int)
@@ -179,7 +185,7 @@ def main() -> None:
     if args.timing:
         timing(base, args)
         return
-    rows = [one(base, c, ERASES[c], args.work, args) for c in (args.only or ERASES)]
+    rows = [one(base, c, args.method or ERASES[c], args.work, args) for c in (args.only or ERASES)]
     data = {"n": args.n, "threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine(),
             "preserve": ({c: args.preserve or NEIGHBOURS[c] for c in (args.only or ERASES)}
                          if args.preserve_neighbours or args.preserve else None),

@@ -41,8 +41,8 @@ def test_goals_at_their_thresholds_and_pairing(robust_seeds, tmp_path):
         _report(tmp_path / "s2.json", 2, plain=_variant(0.0, 0.2, 0.2, 0.0), robust=_variant(0.03125, 0.0, 0.3, 0.0)),
     ]
     (tmp_path / "sources.txt").write_text("# comment\n" + "\n".join(names) + "\n")
-    seeds, recipe = robust_seeds.collect(tmp_path / "sources.txt")
-    assert recipe == robust_seeds.ROBUST_KEYS and sorted(seeds) == [0, 1, 2] and set(seeds[1]) == {"plain", "robust"}
+    seeds, recipes = robust_seeds.collect(tmp_path / "sources.txt")
+    assert recipes == {"plain": {}, "robust": robust_seeds.ROBUST_KEYS} and sorted(seeds) == [0, 1, 2] and set(seeds[1]) == {"plain", "robust"}
     s = robust_seeds.summary(seeds)
     assert s["met"] == 1 and s["met_each"] == {"asr": 2, "erased": 2, "kept": 2}
     assert s["robust_lower_both_attacks"] == 2  # seed 2's embedding ASR rose
@@ -60,15 +60,28 @@ def test_the_recipe_comes_from_the_recorded_config(robust_seeds, tmp_path):
     robust = {**_variant(0, 0, 0, 0), "config": {"robust_start": 0.5, "robust_attack_steps": 10, "lr": 2e-4}}
     name = _report(tmp_path / "r.json", 0, robust=robust)
     (tmp_path / "sources.txt").write_text(name + "\n")
-    _, recipe = robust_seeds.collect(tmp_path / "sources.txt")
+    _, recipes = robust_seeds.collect(tmp_path / "sources.txt")
+    recipe = recipes["robust"]
     assert recipe == {**robust_seeds.ROBUST_KEYS, "robust_start": 0.5}
     assert robust_seeds.describe({**recipe, "robust_batch": 4}) == "1 x 10 from 0.5 of the steps, robust_batch=4"
 
 
-def test_a_plain_run_of_another_recipe_is_refused(robust_seeds, tmp_path):
-    name = _report(tmp_path / "lr.json", 3, settings={"lr": 3e-4}, plain=_variant(0.0, 0.5, 0.5, 0.0))
-    (tmp_path / "sources.txt").write_text(name + "\n")
-    with pytest.raises(SystemExit, match="not the default"):
+def test_one_plain_recipe_across_the_rows(robust_seeds, tmp_path):
+    """Plain rows of another method or setting are tabulated (and named) when all share it; a mix is refused."""
+    names = [_report(tmp_path / "a.json", 0, plain=_variant(0.0, 0.5, 0.5, 0.0), robust=_variant(0, 0, 0, 0)),
+             _report(tmp_path / "b.json", 1, plain=_variant(0.1, 0.4, 0.5, 0.0), robust=_variant(0, 0.1, 0, 0))]
+    for name in names:  # both erases of ESD-all
+        data = json.loads((tmp_path / name).read_text())
+        data["rows"][0]["method"] = "all"
+        (tmp_path / name).write_text(json.dumps(data))
+    (tmp_path / "sources.txt").write_text("\n".join(names) + "\n")
+    seeds, recipes = robust_seeds.collect(tmp_path / "sources.txt")
+    assert recipes["plain"] == {"method": "all"} and recipes["robust"]["method"] == "all"
+    text = robust_seeds.markdown(seeds, robust_seeds.summary(seeds), recipes)
+    assert text.startswith('ESD-all "circle" --preserve square on the toy, toy defaults; robust 1 x 10 from 0 of the steps.')
+    names.append(_report(tmp_path / "lr.json", 3, settings={"lr": 3e-4}, plain=_variant(0.0, 0.5, 0.5, 0.0)))
+    (tmp_path / "sources.txt").write_text("\n".join(names) + "\n")
+    with pytest.raises(SystemExit, match="plain ESD toy defaults, lr=0.0003, but an earlier line had toy defaults"):
         robust_seeds.collect(tmp_path / "sources.txt")
 
 
@@ -79,13 +92,13 @@ def test_one_robust_recipe_across_the_rows(robust_seeds, tmp_path):
     names = [_report(tmp_path / "a.json", 0, settings=start, plain=_variant(0.1, 0.5, 0.5, 0.0), robust=_variant(0, 0, 0, 0)),
              _report(tmp_path / "b.json", 1, settings=start, robust=_variant(0.0, 0.1, 0.0, 0.0))]
     (tmp_path / "sources.txt").write_text("\n".join(names) + "\n")
-    seeds, recipe = robust_seeds.collect(tmp_path / "sources.txt")
-    assert recipe["robust_start"] == 0.5 and set(seeds[0]) == {"plain", "robust"}
-    assert "robust 1 x 10 from 0.5 of the steps." in robust_seeds.markdown(seeds, robust_seeds.summary(seeds), recipe)
+    seeds, recipes = robust_seeds.collect(tmp_path / "sources.txt")
+    assert recipes["robust"]["robust_start"] == 0.5 and set(seeds[0]) == {"plain", "robust"}
+    assert "robust 1 x 10 from 0.5 of the steps." in robust_seeds.markdown(seeds, robust_seeds.summary(seeds), recipes)
     names.append(_report(tmp_path / "c.json", 2, plain=_variant(0.2, 0.6, 0.6, 0.0), robust=_variant(0, 0, 0, 0)))
     (tmp_path / "sources.txt").write_text("\n".join(names[:2] + [names[2] + " plain"]) + "\n")  # its plain row only
-    seeds, recipe = robust_seeds.collect(tmp_path / "sources.txt")
-    assert recipe["robust_start"] == 0.5 and set(seeds[2]) == {"plain"} and seeds[2]["plain"]["erased"] == 0.2
+    seeds, recipes = robust_seeds.collect(tmp_path / "sources.txt")
+    assert recipes["robust"]["robust_start"] == 0.5 and set(seeds[2]) == {"plain"} and seeds[2]["plain"]["erased"] == 0.2
     (tmp_path / "sources.txt").write_text("\n".join(names) + "\n")  # its default robust row as well
     with pytest.raises(SystemExit, match="list one robust recipe"):
         robust_seeds.collect(tmp_path / "sources.txt")
