@@ -31,6 +31,7 @@ import torch
 import esd_sdk
 from esd_sdk.attack import run_attacks
 from esd_sdk.evaluate import evaluate
+from esd_sdk.selection import METHODS
 from toy_erasure import setting, toy_base
 from robust_seeds import describe, recipe_of
 
@@ -159,7 +160,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", action="append", choices=sorted(ERASES))
     parser.add_argument("-n", type=int, default=8, help="images per prompt")
-    parser.add_argument("--method", choices=["u", "x", "x-strict", "self", "all"],
+    parser.add_argument("--method", choices=METHODS,
                         help="ESD method of plain and robust alike [circle: u, striped: x]")
     parser.add_argument("--robust-tokens", type=int)
     parser.add_argument("--robust-attack-steps", type=int)
