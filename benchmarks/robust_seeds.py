@@ -76,7 +76,7 @@ def collect(sources: Path) -> tuple[dict[int, dict[str, dict]], dict[str, dict]]
                 continue
             first = shared.setdefault(name, recipe)
             if recipe != first:
-                words = (lambda r: describe(r) if name == "robust" else describe_plain(r))  # noqa: E731
+                words = describe if name == "robust" else describe_plain
                 raise SystemExit(f"{line}: {name} ESD {words(recipe)}, but an earlier line had {words(first)}: "
                                  f"list one {name} recipe, so that every row is the same")
             seeds.setdefault(seed, {})[name] = {**figures(row[name]), "source": line}
@@ -123,9 +123,8 @@ def describe(recipe: dict) -> str:
 
 
 def describe_plain(recipe: dict) -> str:
-    """A plain recipe in words: the toy defaults, or the settings that differ from them."""
-    other = {k: v for k, v in recipe.items() if k != "method"}
-    return "toy defaults" + "".join(f", {k}={v}" for k, v in other.items())
+    """A plain recipe in words: the toy defaults, and the settings (the method included) that differ from them."""
+    return "toy defaults" + "".join(f", {k}={v}" for k, v in recipe.items())
 
 
 def markdown(seeds: dict[int, dict[str, dict]], s: dict, recipes: dict[str, dict] | None = None) -> str:
@@ -134,7 +133,8 @@ def markdown(seeds: dict[int, dict[str, dict]], s: dict, recipes: dict[str, dict
     cells = lambda r: f"{pct(r['erased'])} / {pct(r['inversion'])} / {pct(r['embedding'])} / {pts(r['kept_drop'])}"  # noqa: E731
     recipes = recipes or {}
     plain, robust = recipes.get("plain", {}), recipes.get("robust", ROBUST_KEYS)
-    lines = [f"ESD-{plain.get('method', 'u')} \"circle\" --preserve square on the toy, {describe_plain(plain)}; "
+    lines = [f"ESD-{plain.get('method', 'u')} \"circle\" --preserve square on the toy, "
+             f"{describe_plain({k: v for k, v in plain.items() if k != 'method'})}; "
              f"robust {describe({k: v for k, v in robust.items() if (k, v) != ('method', plain.get('method'))})}. "
              "Eval and attack seed 0, 32 images a rate, toy judge. Cells: plain prompts / inversion ASR / "
              "embedding ASR / max kept drop.", "",

@@ -40,6 +40,11 @@ NEIGHBOURS = {"circle": ["square", "triangle", "cross"], "striped": ["dotted"]} 
 RESULTS = Path(__file__).parent / "results" / "robust_toy"
 
 
+def method_of(concept: str, args) -> str:
+    """The ESD method both variants erase ``concept`` with: --method, else the concept's own (ERASES)."""
+    return args.method or ERASES[concept]
+
+
 def shared_settings(concept: str, args) -> dict:
     """The settings plain and robust share: --preserve(-neighbours), --preserve-weight, --set."""
     keep = {"preserve": args.preserve or NEIGHBOURS[concept]} if args.preserve_neighbours or args.preserve else {}
@@ -104,13 +109,13 @@ def timing(base, args) -> dict:
         for r in range(args.rounds):
             for name in (list(variants) if r % 2 == 0 else list(variants)[::-1]):
                 extra = dict(variants[name])
-                method = extra.pop("method", args.method or ERASES[concept])  # ",method=all": that variant's own
+                method = extra.pop("method", method_of(concept, args))  # ",method=all": that variant's own
                 result = esd_sdk.erase(base, concept, method=method, out=Path(tmp) / "edit", overwrite=True,
                                        progress=False, **keep, **extra)
                 seconds[name].append(result.seconds)
                 print(f"round {r + 1} {name}: {result.seconds:.1f}s", flush=True)
     median = {name: statistics.median(v) for name, v in seconds.items()}
-    data = {"concept": concept, "method": args.method or ERASES[concept], "preserve": keep.get("preserve"), "settings": keep,
+    data = {"concept": concept, "method": method_of(concept, args), "preserve": keep.get("preserve"), "settings": keep,
             "threads": torch.get_num_threads(), "rounds": args.rounds, "seconds": seconds,
             "ratio_to_plain": {name: median[name] / median["plain"] for name in variants}}
     lines = [f"Erase time only, toy, ESD-{data['method']} \"{concept}\"{' --preserve ' + ' '.join(keep['preserve']) if keep.get('preserve') else ''}, "
@@ -186,7 +191,7 @@ def main() -> None:
     if args.timing:
         timing(base, args)
         return
-    rows = [one(base, c, args.method or ERASES[c], args.work, args) for c in (args.only or ERASES)]
+    rows = [one(base, c, method_of(c, args), args.work, args) for c in (args.only or ERASES)]
     data = {"n": args.n, "threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine(),
             "preserve": ({c: args.preserve or NEIGHBOURS[c] for c in (args.only or ERASES)}
                          if args.preserve_neighbours or args.preserve else None),
