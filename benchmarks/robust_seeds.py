@@ -13,7 +13,9 @@ says whether robust ESD meets the toy goals of README *Red-teaming* (both attack
 1, 0 and 0 images) and whether it lowers both attacks below plain ESD's; then the means, and how
 many seeds meet the goals with a 95% Wilson interval for that rate. Plain rows may be any one recipe
 (the default, or e.g. ``--method all``) and robust rows any one recipe (e.g. ``--set robust_start=0.5``),
-if every row of each is the same; the table's first line names both. Reads reports only: no model runs.
+if every row of each is the same; the table's first line names both. Every row must preserve the same
+prompts (``--preserve square``, or e.g. all three kept shapes), which the first line names too. Reads
+reports only: no model runs.
 """
 
 from __future__ import annotations
@@ -54,10 +56,12 @@ def recipe_of(data: dict, row: dict) -> tuple[dict, dict]:
 
 def collect(sources: Path) -> tuple[dict[int, dict[str, dict]], dict[str, dict]]:
     """seed -> {"plain": figures, "robust": figures} from the reports the sources file lists, and
-    the recipe each variant's rows share (`recipe_of`): {"plain": ..., "robust": ...}. Every row must
-    preserve the square, and every row of a variant be of the same recipe."""
+    the recipe each variant's rows share (`recipe_of`): {"plain": ..., "robust": ..., "preserve": [...]}.
+    Every row must preserve the same prompts (the square among them), and every row of a variant be
+    of the same recipe."""
     seeds: dict[int, dict[str, dict]] = {}
     shared: dict[str, dict] = {}  # variant -> the recipe of its first row
+    preserve: list[str] | None = None  # the prompts the first row preserves
     for line in sources.read_text().splitlines():
         line = line.split("#", 1)[0].strip()
         if not line:
@@ -68,8 +72,13 @@ def collect(sources: Path) -> tuple[dict[int, dict[str, dict]], dict[str, dict]]
         data = json.loads((sources.parent / line).read_text())
         row = next(r for r in data["rows"] if r["concept"] == "circle")
         plain, robust = recipe_of(data, row)
-        if data["preserve"] != {"circle": ["square"]}:
-            raise SystemExit(f"{line}: preserves {data['preserve']}, not --preserve square: list only those")
+        kept = (data["preserve"] or {}).get("circle", [])
+        if "square" not in kept or set(data["preserve"]) != {"circle"}:
+            raise SystemExit(f"{line}: preserves {data['preserve']}, not the square for the circle: list only those")
+        preserve = kept if preserve is None else preserve
+        if kept != preserve:
+            raise SystemExit(f"{line}: preserves {' '.join(kept)}, but an earlier line preserved {' '.join(preserve)}: "
+                             "list reports that preserve the same prompts")
         seed = data["settings"].get("seed", 0)
         for name, recipe in (("plain", plain), ("robust", robust)):
             if name not in row or (only and name != only[0]):
@@ -82,7 +91,7 @@ def collect(sources: Path) -> tuple[dict[int, dict[str, dict]], dict[str, dict]]
             seeds.setdefault(seed, {})[name] = {**figures(row[name]), "source": line}
     if "robust" not in shared:
         raise SystemExit(f"{sources} lists no robust run: add the robust_toy.json reports of robust erases")
-    return seeds, shared
+    return seeds, {**shared, "preserve": preserve}
 
 
 def goals(r: dict) -> dict[str, bool]:
@@ -133,7 +142,7 @@ def markdown(seeds: dict[int, dict[str, dict]], s: dict, recipes: dict[str, dict
     cells = lambda r: f"{pct(r['erased'])} / {pct(r['inversion'])} / {pct(r['embedding'])} / {pts(r['kept_drop'])}"  # noqa: E731
     recipes = recipes or {}
     plain, robust = recipes.get("plain", {}), recipes.get("robust", ROBUST_KEYS)
-    lines = [f"ESD-{plain.get('method', 'u')} \"circle\" --preserve square on the toy, "
+    lines = [f"ESD-{plain.get('method', 'u')} \"circle\" --preserve {' '.join(recipes.get('preserve') or ['square'])} on the toy, "
              f"{describe_plain({k: v for k, v in plain.items() if k != 'method'})}; "
              f"robust {describe({k: v for k, v in robust.items() if (k, v) != ('method', plain.get('method'))})}. "
              "Eval and attack seed 0, 32 images a rate, toy judge. Cells: plain prompts / inversion ASR / "
@@ -172,7 +181,8 @@ def main() -> None:
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "across_seeds.md").write_text(text)
-        (args.out / "across_seeds.json").write_text(json.dumps({"seeds": seeds, "robust_recipe": recipes["robust"], "plain_recipe": recipes.get("plain", {}), "summary": s}, indent=2) + "\n")
+        (args.out / "across_seeds.json").write_text(json.dumps({"seeds": seeds, "robust_recipe": recipes["robust"], "plain_recipe": recipes.get("plain", {}),
+                                                          "preserve": recipes["preserve"], "summary": s}, indent=2) + "\n")
     print(text)
 
 

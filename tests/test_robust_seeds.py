@@ -27,8 +27,8 @@ def _variant(erased, inversion, embedding, kept_drop):
             "attacks": {"inversion": attack(inversion), "embedding": attack(embedding)}}
 
 
-def _report(path: Path, seed: int, settings: dict | None = None, **variants) -> str:
-    path.write_text(json.dumps({"settings": {"seed": seed, **(settings or {})}, "preserve": {"circle": ["square"]},
+def _report(path: Path, seed: int, settings: dict | None = None, preserve=("square",), **variants) -> str:
+    path.write_text(json.dumps({"settings": {"seed": seed, **(settings or {})}, "preserve": {"circle": list(preserve)},
                                 "rows": [{"concept": "circle", "robust_settings": {}, **variants}]}))
     return path.name
 
@@ -42,7 +42,7 @@ def test_goals_at_their_thresholds_and_pairing(robust_seeds, tmp_path):
     ]
     (tmp_path / "sources.txt").write_text("# comment\n" + "\n".join(names) + "\n")
     seeds, recipes = robust_seeds.collect(tmp_path / "sources.txt")
-    assert recipes == {"plain": {}, "robust": robust_seeds.ROBUST_KEYS} and sorted(seeds) == [0, 1, 2] and set(seeds[1]) == {"plain", "robust"}
+    assert recipes == {"plain": {}, "robust": robust_seeds.ROBUST_KEYS, "preserve": ["square"]} and sorted(seeds) == [0, 1, 2] and set(seeds[1]) == {"plain", "robust"}
     s = robust_seeds.summary(seeds)
     assert s["met"] == 1 and s["met_each"] == {"asr": 2, "erased": 2, "kept": 2}
     assert s["robust_lower_both_attacks"] == 2  # seed 2's embedding ASR rose
@@ -104,4 +104,23 @@ def test_one_robust_recipe_across_the_rows(robust_seeds, tmp_path):
         robust_seeds.collect(tmp_path / "sources.txt")
     (tmp_path / "sources.txt").write_text(names[2] + " both\n")
     with pytest.raises(SystemExit, match="name one variant to take from it"):
+        robust_seeds.collect(tmp_path / "sources.txt")
+
+
+def test_one_preserve_list_across_the_rows(robust_seeds, tmp_path):
+    """Reports that preserve more than the square are tabulated (and named) when all preserve the
+    same prompts; a mix, or a list without the square, is refused."""
+    three = ("square", "triangle", "cross")
+    names = [_report(tmp_path / "a.json", 0, preserve=three, plain=_variant(0.0, 0.5, 0.5, 0.0), robust=_variant(0, 0, 0, 0)),
+             _report(tmp_path / "b.json", 1, preserve=three, robust=_variant(0.0, 0.1, 0.0, 0.0))]
+    (tmp_path / "sources.txt").write_text("\n".join(names) + "\n")
+    seeds, recipes = robust_seeds.collect(tmp_path / "sources.txt")
+    assert recipes["preserve"] == list(three)
+    assert robust_seeds.markdown(seeds, robust_seeds.summary(seeds), recipes).startswith(
+        'ESD-u "circle" --preserve square triangle cross on the toy')
+    (tmp_path / "sources.txt").write_text("\n".join(names + [_report(tmp_path / "c.json", 2, robust=_variant(0, 0, 0, 0))]) + "\n")
+    with pytest.raises(SystemExit, match="preserves square, but an earlier line preserved square triangle cross"):
+        robust_seeds.collect(tmp_path / "sources.txt")
+    (tmp_path / "sources.txt").write_text(_report(tmp_path / "d.json", 3, preserve=("triangle",), robust=_variant(0, 0, 0, 0)) + "\n")
+    with pytest.raises(SystemExit, match="not the square for the circle"):
         robust_seeds.collect(tmp_path / "sources.txt")
