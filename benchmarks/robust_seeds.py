@@ -142,9 +142,10 @@ def markdown(seeds: dict[int, dict[str, dict]], s: dict, recipes: dict[str, dict
     cells = lambda r: f"{pct(r['erased'])} / {pct(r['inversion'])} / {pct(r['embedding'])} / {pts(r['kept_drop'])}"  # noqa: E731
     recipes = recipes or {}
     plain, robust = recipes.get("plain", {}), recipes.get("robust", ROBUST_KEYS)
-    lines = [f"ESD-{plain.get('method', 'u')} \"circle\" --preserve {' '.join(recipes.get('preserve') or ['square'])} on the toy, "
+    method = plain.get("method") or robust.get("method", "u")  # the plain rows', else the robust rows' (none plain)
+    lines = [f"ESD-{method} \"circle\" --preserve {' '.join(recipes.get('preserve') or ['square'])} on the toy, "
              f"{describe_plain({k: v for k, v in plain.items() if k != 'method'})}; "
-             f"robust {describe({k: v for k, v in robust.items() if (k, v) != ('method', plain.get('method'))})}. "
+             f"robust {describe({k: v for k, v in robust.items() if (k, v) != ('method', method)})}. "
              "Eval and attack seed 0, 32 images a rate, toy judge. Cells: plain prompts / inversion ASR / "
              "embedding ASR / max kept drop.", "",
              "| erase seed | plain ESD | robust ESD | robust meets the goals | robust below plain (both attacks) |",
@@ -162,9 +163,10 @@ def markdown(seeds: dict[int, dict[str, dict]], s: dict, recipes: dict[str, dict
     lines += ["", f"Robust ESD meets the ASR, plain-prompt and kept goals at **{s['met']} of {s['seeds']}** erase seeds "
                   f"(95% Wilson interval {100 * lo:.0f}-{100 * hi:.0f}%); one goal at a time: both attacks <= 5% at "
                   f"{s['met_each']['asr']}, plain prompts <= 2% at {s['met_each']['erased']}, kept within 3 points at "
-                  f"{s['met_each']['kept']}. It lowers both attacks below plain ESD's at "
-                  f"{s['robust_lower_both_attacks']} of {s['paired_seeds']}. Lowest control on the base model: "
-                  f"{pct(s['min_control'])}."]
+                  f"{s['met_each']['kept']}."
+                  + (f" It lowers both attacks below plain ESD's at {s['robust_lower_both_attacks']} of {s['paired_seeds']}."
+                     if s["paired_seeds"] else " No plain ESD rows to compare with.")
+                  + f" Lowest control on the base model: {pct(s['min_control'])}."]
     return "\n".join(lines) + "\n"
 
 

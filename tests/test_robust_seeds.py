@@ -124,3 +124,12 @@ def test_one_preserve_list_across_the_rows(robust_seeds, tmp_path):
     (tmp_path / "sources.txt").write_text(_report(tmp_path / "d.json", 3, preserve=("triangle",), robust=_variant(0, 0, 0, 0)) + "\n")
     with pytest.raises(SystemExit, match="not the square for the circle"):
         robust_seeds.collect(tmp_path / "sources.txt")
+    # robust rows alone (no plain row to pair with): the method is theirs, and no comparison is claimed
+    data = json.loads((tmp_path / names[1]).read_text())
+    data["rows"][0]["method"] = "all"
+    (tmp_path / names[1]).write_text(json.dumps(data))
+    (tmp_path / "sources.txt").write_text(names[1] + "\n")
+    seeds, recipes = robust_seeds.collect(tmp_path / "sources.txt")
+    text = robust_seeds.markdown(seeds, robust_seeds.summary(seeds), recipes)
+    assert text.startswith('ESD-all "circle" --preserve square triangle cross on the toy, toy defaults; robust 1 x 10 from 0 of the steps.')
+    assert "No plain ESD rows to compare with." in text and "below plain" not in text.split("\n\n")[-1]
