@@ -191,7 +191,7 @@ def _slug(text: str) -> str:
 @click.option("--robust", is_flag=True, default=None,
               help="Robust ESD: train against an embedding attack run inside the loop (see esd-sdk attack). "
                    "With --method all it also edits the cross-attention the attacks come through "
-                   "(toy: about 40% less brought back than with u, in the same time).")
+                   "(toy: about half as much brought back as with u, in the same time).")
 @click.option("--robust-tokens", type=int, help="Robust: learned vectors in the adversarial prompt [6].")
 @click.option("--robust-attack-steps", type=int, help="Robust: inner attack steps per refresh [10].")
 @click.option("--robust-every", type=int, help="Robust: steps between refreshes of the adversarial prompt [1].")
