@@ -40,6 +40,17 @@ NEIGHBOURS = {"circle": ["square", "triangle", "cross"], "striped": ["dotted"]} 
 RESULTS = Path(__file__).parent / "results" / "robust_toy"
 
 
+def cpu_name() -> str:
+    """The CPU's model and the vector kernels torch picks on it. An erase at one thread repeats exactly
+    on one machine; another CPU's kernels may round differently, and a report should say where it ran."""
+    try:
+        model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                      if line.startswith("model name")), "")
+    except OSError:
+        model = ""
+    return f"{model or platform.processor() or platform.machine()}, {torch.backends.cpu.get_cpu_capability()}"
+
+
 def method_of(concept: str, args) -> str:
     """The ESD method both variants erase ``concept`` with: --method, else the concept's own (ERASES)."""
     return args.method or ERASES[concept]
@@ -193,6 +204,7 @@ def main() -> None:
         return
     rows = [one(base, c, method_of(c, args), args.work, args) for c in (args.only or ERASES)]
     data = {"n": args.n, "threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine(),
+            "cpu": cpu_name(), "torch": torch.__version__,
             "preserve": ({c: args.preserve or NEIGHBOURS[c] for c in (args.only or ERASES)}
                          if args.preserve_neighbours or args.preserve else None),
             "preserve_weight": args.preserve_weight, "settings": args.set,
