@@ -100,8 +100,9 @@ class EraseConfig:
     # own words still bring it back, the ESD term on them already does the adversary's work, so the
     # inner attack's cost goes to the later steps). Measured on the toy over 10 erase seeds (README
     # *Red-teaming*): 0.5 takes 2.39x plain's erase time instead of 3.61x (side by side) and leaves less on
-    # average (11.6 / 15.0% under the two attacks against 19.1 / 17.8%; at worst 31.2 / 50.0% against
-    # 68.8 / 71.9%), but meets the per-seed goals at 1 seed of 10 against 3 (mostly one image of 32 with the plain prompts).
+    # average (13.1 / 15.6% under the two attacks against 24.1 / 20.9%; at worst 31.2 / 50.0% against
+    # 68.8 / 71.9%, and no kept shape lost by more than 2 images where starting at once lost 18 of the square at one seed);
+    # neither meets the per-seed goals reliably (0 seeds of 10 against 2, after stop 30's re-runs).
     robust_start: float = 0.5
     # What the inner attack optimises. "denoise": the diffusion-classifier loss on `robust_images`
     # frozen-model concept latents (UnlearnDiff's objective, the eval's embedding attack). "match":
