@@ -117,7 +117,11 @@ def summary(seeds: dict[int, dict[str, dict]]) -> dict:
     mean = {name: {k: sum(seeds[s][name][k] for s in both) / len(both) for k in ("erased", "inversion", "embedding", "kept_drop")}
             for name in ("plain", "robust")} if both else {}
     each = {g: sum(goals(r)[g] for r in robust) for g in ("asr", "erased", "kept")}
-    return {"seeds": len(robust), "met": met, "met_interval": wilson(met, len(robust)), "met_each": each, "paired_seeds": len(both),
+    # The two goals no attack is needed for (plain prompts, kept shapes), for both variants: what ESD itself manages.
+    attack_free = {name: sum(goals(v[name])["erased"] and goals(v[name])["kept"] for v in seeds.values() if name in v)
+                   for name in ("plain", "robust")}
+    return {"seeds": len(robust), "met": met, "met_interval": wilson(met, len(robust)), "met_each": each,
+            "attack_free": attack_free, "plain_seeds": sum("plain" in v for v in seeds.values()), "paired_seeds": len(both),
             "robust_lower_both_attacks": lower, "mean_over_paired_seeds": mean,
             "min_control": min(v[n]["controls"] for v in seeds.values() for n in v)}
 
@@ -166,7 +170,10 @@ def markdown(seeds: dict[int, dict[str, dict]], s: dict, recipes: dict[str, dict
                   f"{s['met_each']['kept']}."
                   + (f" It lowers both attacks below plain ESD's at {s['robust_lower_both_attacks']} of {s['paired_seeds']}."
                      if s["paired_seeds"] else " No plain ESD rows to compare with.")
-                  + f" Lowest control on the base model: {pct(s['min_control'])}."]
+                  + f" Lowest control on the base model: {pct(s['min_control'])}.",
+              "", f"The two goals that need no attack (plain prompts <= 2%, kept within 3 points) together: robust ESD at "
+                  f"{s['attack_free']['robust']} of {s['seeds']}"
+                  + (f", plain ESD at {s['attack_free']['plain']} of {s['plain_seeds']}." if s["plain_seeds"] else ".")]
     return "\n".join(lines) + "\n"
 
 

@@ -81,6 +81,7 @@ def one(base, concept: str, method: str, work: Path, args) -> dict:
         row[name] = {"erase_seconds": round(seconds, 1), "training_seconds": round(result.seconds, 1),
                      "erased": s["erased"], "erased_base": s["erased_base"], "kept": s["kept"],
                      "max_kept_drop": s["max_kept_drop"], "attacks": attacks.summary(),
+                     "kept_drops": {r.key: r.drop for r in report.rows if r.prompt_set == "kept"},
                      "config": result.config.to_dict()}
         print(f"{concept} {name}: {json.dumps(row[name]['attacks'])} erased {s['erased']} kept drop "
               f"{s['max_kept_drop']} in {seconds:.0f}s", flush=True)

@@ -45,6 +45,7 @@ def test_goals_at_their_thresholds_and_pairing(robust_seeds, tmp_path):
     assert recipes == {"plain": {}, "robust": robust_seeds.ROBUST_KEYS, "preserve": ["square"]} and sorted(seeds) == [0, 1, 2] and set(seeds[1]) == {"plain", "robust"}
     s = robust_seeds.summary(seeds)
     assert s["met"] == 1 and s["met_each"] == {"asr": 2, "erased": 2, "kept": 2}
+    assert s["attack_free"] == {"plain": 1, "robust": 1} and s["plain_seeds"] == 3  # seed 2 plain and seed 0 robust: 0.0%, 0 pts
     assert s["robust_lower_both_attacks"] == 2  # seed 2's embedding ASR rose
     lo, hi = s["met_interval"]
     assert 0.0 < lo < 1 / 3 < hi < 1.0
@@ -52,6 +53,7 @@ def test_goals_at_their_thresholds_and_pairing(robust_seeds, tmp_path):
     text = robust_seeds.markdown(seeds, s)
     assert "| 0 | 6.2% / 69.0% / 66.0% / 0.0 pts | 0.0% / 3.1% / 3.1% / 0.0 pts | **yes** | yes |" in text
     assert "| 1 |" in text and "**1 of 3**" in text
+    assert "together: robust ESD at 1 of 3, plain ESD at 1 of 3." in text
 
 
 def test_the_recipe_comes_from_the_recorded_config(robust_seeds, tmp_path):
