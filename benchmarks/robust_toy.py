@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import re
 import time
 from pathlib import Path
 
@@ -92,8 +93,9 @@ def one(base, concept: str, method: str, work: Path, args) -> dict:
 
 def timing_spec(text: str) -> tuple[str, dict]:
     """argparse type of a --timing variant, EVERYxSTEPS[@START][:OBJECTIVE][,KEY=VALUE...]
-    (@: --robust-start, :: --robust-objective, ,KEY=VALUE: an EraseConfig override): its name and settings."""
-    head, *extra = text.split(",")
+    (@: --robust-start, :: --robust-objective, ,KEY=VALUE: an EraseConfig override, VALUE JSON when it parses,
+    so a list may hold commas: ,robust_templates=["a {}", "the {}"]): its name and settings."""
+    head, *extra = re.split(r",(?=\w+=)", text)
     budget, _, objective = head.lower().partition(":")
     budget, _, start = budget.partition("@")
     try:

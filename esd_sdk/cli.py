@@ -201,6 +201,9 @@ def _slug(text: str) -> str:
 @click.option("--robust-objective", type=click.Choice(["denoise", "match"]),
               help="Robust: the inner attack's objective: denoise frozen-model concept images (UnlearnDiff) or "
                    "match the frozen model's concept prediction on the step's x_t (AdvUnlearn) [denoise].")
+@click.option("--robust-template", "robust_templates", multiple=True, metavar="TEMPLATE",
+              help="Robust: a prompt the inner attack learns its word in, {} where the word goes, e.g. "
+                   "\"a photo of {}\"; repeat for several (one word shared by all) [{}: the word alone].")
 @click.option("--device", help="torch device [cuda if available, else cpu].")
 @click.option("--processes", type=click.IntRange(min=1), default=1, show_default=True,
               help="Data-parallel processes on this machine, started with accelerate launch (one per GPU; "
@@ -231,8 +234,9 @@ def erase(concepts, concepts_file, method, model, out, device, processes, resume
     if not concepts:
         raise click.UsageError("nothing to erase: pass --concept PROMPT (repeatable) or --concepts-file FILE")
     overrides = {k: v for k, v in settings.items() if v is not None and v != ()}
-    if "preserve" in overrides:
-        overrides["preserve"] = list(overrides["preserve"])
+    for key in ("preserve", "robust_templates"):
+        if key in overrides:
+            overrides[key] = list(overrides[key])
     # Bad settings fail here, in one line, before the model loads.
     EraseConfig.for_model("toy" if model == "toy" else "sd", list(concepts), method, **overrides)
     if out is None:

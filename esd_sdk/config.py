@@ -110,11 +110,18 @@ class EraseConfig:
     # model's prediction for the concept there (no latents to sample, the step's batch: 2.65x plain's
     # erase time instead of 3.47x on the toy, but it cost the preserved square 9.4 / 21.9 pts at seeds 0 / 2).
     robust_objective: str = "denoise"
+    # Prompts the inner attack learns its adversarial word in, "{}" standing for it. ["{}"]: the word is
+    # the whole prompt. Several ("a photo of {}", "a painting of {}"): one word shared by all of them, as
+    # concept inversion learns one, on `robust_images` latents per template that the frozen model draws with
+    # the concept in place of "{}"; each trajectory of a step is then held with one of them in turn.
+    robust_templates: list[str] = field(default_factory=lambda: ["{}"])
 
     def __post_init__(self):
         # Own copies, normalised: a list the caller passed is never aliased or changed.
         self.concepts = [c.strip() for c in ([self.concepts] if isinstance(self.concepts, str) else self.concepts)]
         self.preserve = [p.strip() for p in ([self.preserve] if isinstance(self.preserve, str) else self.preserve)]
+        self.robust_templates = list([self.robust_templates] if isinstance(self.robust_templates, str)
+                                     else self.robust_templates)
 
     @classmethod
     def for_model(cls, base: "BaseModel | str", concepts: str | list[str], method: str = "x",
@@ -180,6 +187,14 @@ class EraseConfig:
             raise ConfigError(f"robust lr must be > 0 and robust weight >= 0, got {self.robust_lr}, {self.robust_weight}")
         if self.robust_objective not in ROBUST_OBJECTIVES:
             raise ConfigError(f"robust objective must be one of {', '.join(ROBUST_OBJECTIVES)}, got '{self.robust_objective}'")
+        if not self.robust_templates:
+            raise ConfigError('no robust template given: pass at least one, e.g. "{}" (the adversarial word alone)')
+        bad = [t for t in self.robust_templates if not isinstance(t, str) or t.count("{}") != 1]
+        if bad:
+            raise ConfigError(f"robust template {bad[0]!r} needs exactly one {{}} where the adversarial word goes, "
+                              'e.g. "a photo of {}"')
+        if self.robust_objective == "match" and len(self.robust_templates) > 1:
+            raise ConfigError("the match objective attacks one template: pass one --robust-template, or use the denoise objective")
         if not 0 <= self.robust_start < 1:
             raise ConfigError(f"robust start must be a fraction of the steps in [0, 1), got {self.robust_start}: "
                               "e.g. 0.5 starts the inner attack half-way")

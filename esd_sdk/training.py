@@ -224,12 +224,15 @@ class _Trainer:
         return self.unet(x, t, **kwargs).sample
 
     @torch.no_grad()
-    def _sample(self, concept: Conditioning, n_steps: int, keep_all: bool = False, frozen: bool | None = None):
+    def _sample(self, concept: Conditioning, n_steps: int, keep_all: bool = False, frozen: bool | None = None,
+                generator: torch.Generator | None = None):
         """Run n_steps guided DDIM steps from fresh noise; returns x (or every intermediate x).
-        The model is the one being edited, or the frozen one with ``sampler="frozen"`` (or ``frozen``)."""
+        The model is the one being edited, or the frozen one with ``sampler="frozen"`` (or ``frozen``).
+        The noise comes from ``generator`` [the trainer's]."""
         c = self.config
         # Noise for the whole global batch from the shared generator; this process denoises its slice.
-        noise = torch.randn((self.processes.world * self.latent_shape[0], *self.latent_shape[1:]), generator=self.generator)
+        noise = torch.randn((self.processes.world * self.latent_shape[0], *self.latent_shape[1:]),
+                            generator=generator or self.generator)
         x = self.processes.shard(noise).to(self.device) * self.scheduler.init_noise_sigma
         b = x.shape[0]
         cond = Conditioning.cat([self.uncond.index([0] * b), concept.index([0] * b)])
@@ -282,7 +285,7 @@ class _Trainer:
         edit_parts = parts[1:]
         adversarial = self.adversary is not None and self.adversary.active(self.step)
         if adversarial:
-            edit_parts = edit_parts + [self.adversary.conditioning(k, self.step, x, t, e_c).index([0] * b)]
+            edit_parts = edit_parts + [self.adversary.conditioning(k, self.step, x, t, e_c)]
         with _autocast(self.device, c.precision):
             pred = self._predict(x.repeat(len(edit_parts), 1, 1, 1), t, Conditioning.cat(edit_parts), frozen=False).float()
         loss = F.mse_loss(pred[:b], target)
@@ -421,9 +424,9 @@ class _Adversary:
     """The inner attack of robust ESD (AdvUnlearn, Zhang et al. 2024, with ESD's objective).
 
     For each concept it keeps an adversarial prompt: ``robust_tokens`` input embeddings in the
-    text encoder's space (the whole prompt, "{}"), which start as the concept's own words and are
-    refreshed every ``robust_every`` steps by ``robust_attack_steps`` steps of the embedding attack
-    (`esd_sdk.attack.embedding_attack`, warm-started) against the model being edited, on latents
+    text encoder's space, one word shared by ``robust_templates`` (by default the whole prompt, "{}"),
+    which starts as the concept's own words and is refreshed every ``robust_every`` steps by
+    ``robust_attack_steps`` steps of the embedding attack (`esd_sdk.attack.embedding_attack`, warm-started) against the model being edited, on latents
     of the concept sampled once from the frozen model (``robust_objective="denoise"``), or by
     `esd_sdk.attack.match_attack` on the step's own x_t ("match", AdvUnlearn's objective: the edited
     model's prediction matched to the frozen model's for the concept). The trainer then asks the
@@ -441,13 +444,29 @@ class _Adversary:
         self.target = AttackTarget.from_pipeline(trainer.base.pipeline, unet=trainer.unet)
         self.target.resolution = trainer.latent_shape[-1] * trainer.base.pipeline.vae_scale_factor
         self.generator = torch.Generator().manual_seed(c.seed + 1)
-        self.latents: list[torch.Tensor] = []  # "denoise": the concepts' latents the inner attack learns from
+        self.templates = list(c.robust_templates)
+        # "denoise": each concept's latents the inner attack learns from, and the template of each one
+        self.latents: list[torch.Tensor] = []
+        self.prompts: list[str] = [t for t in self.templates for _ in range(c.robust_images)]
         if c.robust_objective == "denoise":
-            runs = -(-c.robust_images // c.batch_size)
-            self.latents = [torch.cat([trainer._sample(trainer.concepts.index([k]), c.ddim_steps, frozen=True)
-                                       for _ in range(runs)])[:c.robust_images].cpu() for k in range(len(trainer.concepts))]
+            self.latents = [self._concept_latents(k) for k in range(len(trainer.concepts))]
         self.soft: dict = {}  # concept -> its adversarial SoftPrompt
         self.cond: dict[int, Conditioning] = {}  # concept -> that prompt encoded (until the next refresh)
+
+    def _concept_latents(self, k: int) -> torch.Tensor:
+        """``robust_images`` latents of concept ``k`` per template, sampled by the frozen model (CPU)."""
+        t, c = self.trainer, self.trainer.config
+        runs = -(-c.robust_images // c.batch_size)
+        if self.templates == [self.TEMPLATE]:  # the concept's own prompt, already encoded
+            return torch.cat([t._sample(t.concepts.index([k]), c.ddim_steps, frozen=True)
+                              for _ in range(runs)])[:c.robust_images].cpu()
+        words = [p.replace(self.TEMPLATE, c.concepts[k]) for p in self.templates]
+        prompts = encode_prompts(t.base, words, t.device, c.resolution).to(t.device, torch.float32)
+        latents = torch.cat([torch.cat([t._sample(prompts.index([i]), c.ddim_steps, frozen=True, generator=self.generator)
+                                        for _ in range(runs)])[:c.robust_images].cpu() for i in range(len(self.templates))])
+        for _ in range(runs):  # the trainer's stream advances as with one template: a seed's plain ESD steps stay its own
+            torch.randn((t.processes.world * t.latent_shape[0], *t.latent_shape[1:]), generator=t.generator)
+        return latents
 
     def active(self, step: int) -> bool:
         """Whether the inner attack runs at ``step`` (from ``robust_start`` of the steps on)."""
@@ -455,8 +474,9 @@ class _Adversary:
         return step >= int(c.robust_start * c.steps)
 
     def conditioning(self, k: int, step: int, x: torch.Tensor, t: torch.Tensor, e_c: torch.Tensor) -> Conditioning:
-        """The adversarial prompt of concept ``k``, refreshed against the current model when due
-        ("match" attacks this step's x_t at timestep t, where the frozen model predicts e_c)."""
+        """The adversarial prompt of concept ``k`` for each row of ``x`` (the templates in turn),
+        refreshed against the current model when due ("match" attacks this step's x_t at timestep
+        t, where the frozen model predicts e_c)."""
         from .attack import SoftPrompt, embedding_attack, init_vectors, match_attack
 
         c = self.trainer.config
@@ -464,18 +484,18 @@ class _Adversary:
             with _autocast(self.trainer.device, c.precision):
                 if c.robust_objective == "match":
                     start = self.soft.get(k) or SoftPrompt(
-                        [self.TEMPLATE], init_vectors(self.target, 1, c.robust_tokens, c.concepts[k], self.generator), [0])
+                        self.templates, init_vectors(self.target, 1, c.robust_tokens, c.concepts[k], self.generator), [0])
                     self.soft[k] = match_attack(self.target, x, t, e_c, start, steps=c.robust_attack_steps, lr=c.robust_lr)
                 else:
                     self.soft[k] = embedding_attack(
-                        self.target, self.latents[k], self.TEMPLATE, n_tokens=c.robust_tokens,
+                        self.target, self.latents[k], self.prompts, n_tokens=c.robust_tokens, shared=True,
                         steps=c.robust_attack_steps, lr=c.robust_lr, init=self.soft.get(k, c.concepts[k]),
                         batch_size=c.robust_batch, generator=self.generator)
             self.cond.pop(k, None)
         if k not in self.cond:
             with torch.no_grad():
                 self.cond[k] = self.soft[k].encode(self.target).to(self.trainer.device, torch.float32)
-        return self.cond[k]
+        return self.cond[k].index([i % len(self.templates) for i in range(x.shape[0])])
 
     def state(self) -> dict[str, torch.Tensor]:
         out = {"robust/generator": self.generator.get_state()}
@@ -493,7 +513,7 @@ class _Adversary:
             vectors = [tensors[f"robust/soft/{k}/{e}"] for e in range(len(self.target.text_encoders))
                        if f"robust/soft/{k}/{e}" in tensors]
             if vectors:
-                self.soft[k] = SoftPrompt([self.TEMPLATE], vectors, [0])
+                self.soft[k] = SoftPrompt(self.templates, vectors, [0] * len(self.templates))
 
 
 def train(base: BaseModel, config: EraseConfig, device: str | torch.device | None = None,

@@ -58,6 +58,7 @@ def _one_line_error(result, *needles):
     (["--concept", "circle", "--method", "re:nothing_matches_this"], ["selects no UNet tensors"]),
     (["--concept", "circle", "--eta", "0"], ["eta", "> 0"]),
     (["--concept", "circle", "--steps", "0"], ["steps must be positive"]),
+    (["--concept", "circle", "--robust", "--robust-template", "a photo of"], ["robust template 'a photo of'", "one {}"]),
 ])
 def test_erase_bad_input(run, tiny_sd, tmp_path, args, needles):
     out = tmp_path / "edit"
@@ -100,6 +101,15 @@ def test_dry_run_lists_tensors_and_writes_nothing(run, tiny_sd, tmp_path):
     result = run("erase", "--model", tiny_sd, "--concept", "circle", "--method", "x-strict", "--dry-run", "--out", out)
     assert result.exit_code == 0
     assert "attn2.to_k.weight" in result.output and "attn2.to_q" not in result.output
+    assert not out.exists()
+
+
+def test_robust_templates_reach_the_settings(run, tiny_sd, tmp_path):
+    out = tmp_path / "edit"
+    result = run("erase", "--model", tiny_sd, "--concept", "circle", "--robust", "--robust-template", "a photo of {}",
+                 "--robust-template", "{} in a painting", "--dry-run", "--out", out)
+    assert result.exit_code == 0, result.output
+    assert "'robust_templates': ['a photo of {}', '{} in a painting']" in result.output
     assert not out.exists()
 
 

@@ -343,6 +343,57 @@ def test_robust_match_resumes_exactly(tiny_sd, tmp_path, monkeypatch):
     assert resumed.manifest["config"]["robust_objective"] == "match"
 
 
+def test_robust_templates_learn_one_word_in_each(tiny_sd, monkeypatch):
+    """Several templates: one adversarial word shared by all, learned on robust_images latents of
+    each; every trajectory of a step is held with one of them in turn; the plain ESD steps before
+    robust_start are the one-template erase's own."""
+    from esd_sdk import attack
+
+    calls, conds, original, predict = [], [], attack.learn_tokens, _Trainer._predict
+    monkeypatch.setattr(attack, "learn_tokens", lambda target, latents, prompts, **k: calls.append(
+        (latents.shape[0], list(prompts), k["shared"])) or original(target, latents, prompts, **k))
+
+    def recording(self, x, t, cond, frozen):
+        if not frozen and torch.is_grad_enabled():
+            conds.append(cond.hidden.detach().clone())
+        return predict(self, x, t, cond, frozen)
+
+    monkeypatch.setattr(_Trainer, "_predict", recording)
+    templates = ["a photo of {}", "a painting of {}"]
+    settings = dict(concepts=["circle"], method="x", batch_size=2, **FAST, **{**ROBUST, "robust_start": 0.5})
+    state = train(load_base(tiny_sd), EraseConfig(**settings, robust_templates=templates), progress=False)
+    assert calls[0] == (4, [templates[0]] * 2 + [templates[1]] * 2, True)
+    adversarial = conds[-1][2:]  # [concept x2, adversarial x2] at the last step
+    assert not torch.equal(adversarial[0], adversarial[1])  # one row in each template
+    monkeypatch.undo()
+    one = train(load_base(tiny_sd), EraseConfig(**settings), progress=False)
+    assert state.losses[:2] == one.losses[:2] and state.losses[2:] != one.losses[2:]
+
+
+def test_robust_templates_resume_exactly(tiny_sd, tmp_path, monkeypatch):
+    config = dict(concepts=["circle"], method="x", steps=5, lr=1e-3, ddim_steps=6, **ROBUST,
+                  robust_templates=["a photo of {}", "{} in a painting"])
+    straight, resumed = _straight_and_resumed(tiny_sd, tmp_path / "edit", config, monkeypatch)
+    assert resumed.losses == straight.losses
+    assert resumed.manifest["config"]["robust_templates"] == ["a photo of {}", "{} in a painting"]
+
+
+@pytest.mark.parametrize("templates, message", [
+    (["a photo of"], r"robust template 'a photo of' needs exactly one \{\}"),
+    (["{} and {}"], r"robust template '\{\} and \{\}' needs exactly one \{\}"),
+    ([], r"no robust template given: pass at least one"),
+])
+def test_bad_robust_templates_are_one_line_errors(templates, message):
+    with pytest.raises(ConfigError, match=message):
+        EraseConfig(concepts=["circle"], robust=True, robust_templates=templates).validate()
+
+
+def test_the_match_objective_takes_one_template():
+    with pytest.raises(ConfigError, match="the match objective attacks one template"):
+        EraseConfig(concepts=["circle"], robust=True, robust_objective="match",
+                    robust_templates=["a {}", "the {}"]).validate()
+
+
 @pytest.mark.parametrize("setting", ["robust_tokens", "robust_attack_steps", "robust_every", "robust_images", "robust_batch"])
 def test_bad_robust_budgets_are_one_line_errors(setting):
     with pytest.raises(ConfigError, match=f"{setting.replace('_', ' ')} must be positive, got 0"):
