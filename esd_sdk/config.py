@@ -93,7 +93,7 @@ class EraseConfig:
     robust_attack_steps: int = 10  # inner attack steps per refresh (warm-started from the last)
     robust_every: int = 1  # outer steps between refreshes (1 x 10 from half-way: README *Red-teaming*)
     robust_lr: float = 5e-2  # the inner attack's Adam learning rate
-    robust_images: int = 8  # concept latents (from the frozen model) the inner attack learns from
+    robust_images: int = 8  # concept latents (from the frozen model) the inner attack learns from, per template
     robust_batch: int = 8  # of those, latents per inner attack step (drawn at random each step)
     robust_weight: float = 1.0  # weight of the adversarial ESD loss
     # Fraction of the steps trained as plain ESD before the inner attack joins (while the concept's
@@ -113,7 +113,9 @@ class EraseConfig:
     # Prompts the inner attack learns its adversarial word in, "{}" standing for it. ["{}"]: the word is
     # the whole prompt. Several ("a photo of {}", "a painting of {}"): one word shared by all of them, as
     # concept inversion learns one, on `robust_images` latents per template that the frozen model draws with
-    # the concept in place of "{}"; each trajectory of a step is then held with one of them in turn.
+    # the concept in place of "{}"; each trajectory of a step is then held with one of them in turn. On the
+    # toy (robust ESD-all, 10 seeds) templates in the attack's own contexts halve what inversion brings back
+    # (9.1 -> 5.0%); other contexts do not help (README *Red-teaming*), so the default stays the word alone.
     robust_templates: list[str] = field(default_factory=lambda: ["{}"])
 
     def __post_init__(self):
