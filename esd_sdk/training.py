@@ -495,7 +495,8 @@ class _Adversary:
         if k not in self.cond:
             with torch.no_grad():
                 self.cond[k] = self.soft[k].encode(self.target).to(self.trainer.device, torch.float32)
-        return self.cond[k].index([i % len(self.templates) for i in range(x.shape[0])])
+        b = x.shape[0]  # row i of step s takes template (s * b + i) mod T: every one in turn, even at batch size 1
+        return self.cond[k].index([(step * b + i) % len(self.templates) for i in range(b)])
 
     def state(self) -> dict[str, torch.Tensor]:
         out = {"robust/generator": self.generator.get_state()}

@@ -365,6 +365,9 @@ def test_robust_templates_learn_one_word_in_each(tiny_sd, monkeypatch):
     assert calls[0] == (4, [templates[0]] * 2 + [templates[1]] * 2, True)
     adversarial = conds[-1][2:]  # [concept x2, adversarial x2] at the last step
     assert not torch.equal(adversarial[0], adversarial[1])  # one row in each template
+    conds.clear()
+    train(load_base(tiny_sd), EraseConfig(**{**settings, "batch_size": 1}, robust_templates=templates), progress=False)
+    assert not torch.equal(conds[-2][1], conds[-1][1])  # one trajectory a step: the templates take turns
     monkeypatch.undo()
     one = train(load_base(tiny_sd), EraseConfig(**settings), progress=False)
     assert state.losses[:2] == one.losses[:2] and state.losses[2:] != one.losses[2:]
