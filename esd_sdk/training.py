@@ -426,8 +426,9 @@ class _Adversary:
     For each concept it keeps an adversarial prompt: ``robust_tokens`` input embeddings in the
     text encoder's space, one word shared by ``robust_templates`` (by default the whole prompt, "{}"),
     which starts as the concept's own words and is refreshed every ``robust_every`` steps by
-    ``robust_attack_steps`` steps of the embedding attack (`esd_sdk.attack.embedding_attack`, warm-started) against the model being edited, on latents
-    of the concept sampled once from the frozen model (``robust_objective="denoise"``), or by
+    ``robust_attack_steps`` steps of the embedding attack (`esd_sdk.attack.embedding_attack`,
+    warm-started) against the model being edited, on latents of the concept in each template
+    sampled once from the frozen model (``robust_objective="denoise"``), or by
     `esd_sdk.attack.match_attack` on the step's own x_t ("match", AdvUnlearn's objective: the edited
     model's prediction matched to the frozen model's for the concept). The trainer then asks the
     edited model's prediction for that prompt to follow the same negatively guided target as the concept's.
@@ -462,11 +463,12 @@ class _Adversary:
                               for _ in range(runs)])[:c.robust_images].cpu()
         words = [p.replace(self.TEMPLATE, c.concepts[k]) for p in self.templates]
         prompts = encode_prompts(t.base, words, t.device, c.resolution).to(t.device, torch.float32)
-        latents = torch.cat([torch.cat([t._sample(prompts.index([i]), c.ddim_steps, frozen=True, generator=self.generator)
-                                        for _ in range(runs)])[:c.robust_images].cpu() for i in range(len(self.templates))])
-        for _ in range(runs):  # the trainer's stream advances as with one template: a seed's plain ESD steps stay its own
+        latents = [torch.cat([t._sample(prompts.index([i]), c.ddim_steps, frozen=True, generator=self.generator)
+                              for _ in range(runs)])[:c.robust_images].cpu() for i in range(len(self.templates))]
+        # The trainer's stream advances as with one template: a seed's plain ESD steps stay its own.
+        for _ in range(runs):
             torch.randn((t.processes.world * t.latent_shape[0], *t.latent_shape[1:]), generator=t.generator)
-        return latents
+        return torch.cat(latents)
 
     def active(self, step: int) -> bool:
         """Whether the inner attack runs at ``step`` (from ``robust_start`` of the steps on)."""
