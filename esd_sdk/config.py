@@ -120,10 +120,10 @@ class EraseConfig:
 
     def __post_init__(self):
         # Own copies, normalised: a list the caller passed is never aliased or changed.
-        self.concepts = [c.strip() for c in ([self.concepts] if isinstance(self.concepts, str) else self.concepts)]
-        self.preserve = [p.strip() for p in ([self.preserve] if isinstance(self.preserve, str) else self.preserve)]
-        self.robust_templates = list([self.robust_templates] if isinstance(self.robust_templates, str)
-                                     else self.robust_templates)
+        listed = lambda v: [v] if isinstance(v, str) else list(v)  # noqa: E731  (one prompt or several)
+        self.concepts = [c.strip() for c in listed(self.concepts)]
+        self.preserve = [p.strip() for p in listed(self.preserve)]
+        self.robust_templates = listed(self.robust_templates)
 
     @classmethod
     def for_model(cls, base: "BaseModel | str", concepts: str | list[str], method: str = "x",

@@ -223,6 +223,12 @@ class _Trainer:
             return functional_call(self.unet, self.frozen, (x, t), kwargs).sample
         return self.unet(x, t, **kwargs).sample
 
+    def _noise(self, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Starting noise for the whole global batch (each process denoises its slice), from
+        ``generator`` [the trainer's shared one]."""
+        shape = (self.processes.world * self.latent_shape[0], *self.latent_shape[1:])
+        return torch.randn(shape, generator=generator or self.generator)
+
     @torch.no_grad()
     def _sample(self, concept: Conditioning, n_steps: int, keep_all: bool = False, frozen: bool | None = None,
                 generator: torch.Generator | None = None):
@@ -230,10 +236,7 @@ class _Trainer:
         The model is the one being edited, or the frozen one with ``sampler="frozen"`` (or ``frozen``).
         The noise comes from ``generator`` [the trainer's]."""
         c = self.config
-        # Noise for the whole global batch from the shared generator; this process denoises its slice.
-        noise = torch.randn((self.processes.world * self.latent_shape[0], *self.latent_shape[1:]),
-                            generator=generator or self.generator)
-        x = self.processes.shard(noise).to(self.device) * self.scheduler.init_noise_sigma
+        x = self.processes.shard(self._noise(generator)).to(self.device) * self.scheduler.init_noise_sigma
         b = x.shape[0]
         cond = Conditioning.cat([self.uncond.index([0] * b), concept.index([0] * b)])
         frozen = c.sampler == "frozen" if frozen is None else frozen
@@ -458,17 +461,16 @@ class _Adversary:
         """``robust_images`` latents of concept ``k`` per template, sampled by the frozen model (CPU)."""
         t, c = self.trainer, self.trainer.config
         runs = -(-c.robust_images // c.batch_size)
-        if self.templates == [self.TEMPLATE]:  # the concept's own prompt, already encoded
-            return torch.cat([t._sample(t.concepts.index([k]), c.ddim_steps, frozen=True)
-                              for _ in range(runs)])[:c.robust_images].cpu()
-        words = [p.replace(self.TEMPLATE, c.concepts[k]) for p in self.templates]
-        prompts = encode_prompts(t.base, words, t.device, c.resolution).to(t.device, torch.float32)
-        latents = [torch.cat([t._sample(prompts.index([i]), c.ddim_steps, frozen=True, generator=self.generator)
-                              for _ in range(runs)])[:c.robust_images].cpu() for i in range(len(self.templates))]
-        # The trainer's stream advances as with one template: a seed's plain ESD steps stay its own.
-        for _ in range(runs):
-            torch.randn((t.processes.world * t.latent_shape[0], *t.latent_shape[1:]), generator=t.generator)
-        return torch.cat(latents)
+        if self.templates == [self.TEMPLATE]:  # the concept's own prompt, already encoded; the trainer's noise
+            prompts, generator = t.concepts.index([k]), None
+        else:  # the adversary's noise, so that the trainer's stream stays the one-template erase's (below)
+            words = [p.replace(self.TEMPLATE, c.concepts[k]) for p in self.templates]
+            prompts = encode_prompts(t.base, words, t.device, c.resolution).to(t.device, torch.float32)
+            generator = self.generator
+            for _ in range(runs):  # what one template draws from it: a seed's plain ESD steps stay its own
+                t._noise()
+        return torch.cat([torch.cat([t._sample(prompts.index([i]), c.ddim_steps, frozen=True, generator=generator)
+                                     for _ in range(runs)])[:c.robust_images].cpu() for i in range(len(self.templates))])
 
     def active(self, step: int) -> bool:
         """Whether the inner attack runs at ``step`` (from ``robust_start`` of the steps on)."""
