@@ -115,15 +115,15 @@ def summary(seeds: dict[int, dict[str, dict]]) -> dict:
     robust = [seeds[s]["robust"] for s in sorted(seeds) if "robust" in seeds[s]]
     met = sum(meets(r) for r in robust)
     lower = sum(lowers(seeds[s]["plain"], seeds[s]["robust"]) for s in both)
-    mean = {name: {k: sum(seeds[s][name][k] for s in both) / len(both) for k in ("erased", "inversion", "embedding", "kept_drop")}
-            for name in ("plain", "robust")} if both else {}
+    average = lambda rows: {k: sum(r[k] for r in rows) / len(rows) for k in ("erased", "inversion", "embedding", "kept_drop")}  # noqa: E731
+    mean = {name: average([seeds[s][name] for s in both]) for name in ("plain", "robust")} if both else {}
     each = {g: sum(goals(r)[g] for r in robust) for g in ("asr", "erased", "kept")}
     # The two goals no attack is needed for (plain prompts, kept shapes), for both variants: what ESD itself manages.
     attack_free = {name: sum(goals(v[name])["erased"] and goals(v[name])["kept"] for v in seeds.values() if name in v)
                    for name in ("plain", "robust")}
     return {"seeds": len(robust), "met": met, "met_interval": wilson(met, len(robust)), "met_each": each,
             "attack_free": attack_free, "plain_seeds": sum("plain" in v for v in seeds.values()), "paired_seeds": len(both),
-            "robust_lower_both_attacks": lower, "mean_over_paired_seeds": mean,
+            "robust_lower_both_attacks": lower, "mean_over_paired_seeds": mean, "mean_of_robust_rows": average(robust),
             "min_control": min(v[n]["controls"] for v in seeds.values() for n in v)}
 
 
@@ -164,6 +164,8 @@ def markdown(seeds: dict[int, dict[str, dict]], s: dict, recipes: dict[str, dict
     if s["mean_over_paired_seeds"]:
         m = s["mean_over_paired_seeds"]
         lines.append(f"| mean of {s['paired_seeds']} | {cells(m['plain'])} | {cells(m['robust'])} | | |")
+    elif not s["plain_seeds"]:  # robust rows alone
+        lines.append(f"| mean of {s['seeds']} | n/a | {cells(s['mean_of_robust_rows'])} | | |")
     lo, hi = s["met_interval"]
     lines += ["", f"Robust ESD meets the ASR, plain-prompt and kept goals at **{s['met']} of {s['seeds']}** erase seeds "
                   f"(95% Wilson interval {100 * lo:.0f}-{100 * hi:.0f}%); one goal at a time: both attacks <= 5% at "

@@ -135,3 +135,4 @@ def test_one_preserve_list_across_the_rows(robust_seeds, tmp_path):
     text = robust_seeds.markdown(seeds, robust_seeds.summary(seeds), recipes)
     assert text.startswith('ESD-all "circle" --preserve square triangle cross on the toy, toy defaults; robust 1 x 10 from 0 of the steps.')
     assert "No plain ESD rows to compare with." in text and "below plain" not in text.split("\n\n")[-1]
+    assert "| mean of 1 | n/a | 0.0% / 10.0% / 0.0% / 0.0 pts | | |" in text  # the robust rows' own mean
