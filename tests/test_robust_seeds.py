@@ -136,3 +136,15 @@ def test_one_preserve_list_across_the_rows(robust_seeds, tmp_path):
     assert text.startswith('ESD-all "circle" --preserve square triangle cross on the toy, toy defaults; robust 1 x 10 from 0 of the steps.')
     assert "No plain ESD rows to compare with." in text and "below plain" not in text.split("\n\n")[-1]
     assert "| mean of 1 | n/a | 0.0% / 10.0% / 0.0% / 0.0 pts | | |" in text  # the robust rows' own mean
+
+
+def test_timing_variants_take_json_lists(monkeypatch):
+    """robust_toy --timing: a ,KEY=VALUE override may be a JSON list whose items hold commas."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    spec = importlib.util.spec_from_file_location("robust_toy", ROOT / "benchmarks" / "robust_toy.py")
+    robust_toy = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(robust_toy)
+    name, settings = robust_toy.timing_spec('1x10@0.5,robust_templates=["a red {}", "a green, bright {}"],robust_images=4')
+    assert settings == {"robust": True, "robust_every": 1, "robust_attack_steps": 10, "robust_start": 0.5,
+                        "robust_templates": ["a red {}", "a green, bright {}"], "robust_images": 4}
+    assert robust_toy.timing_spec("1x5,method=all")[1]["method"] == "all"
