@@ -80,6 +80,11 @@ class EraseConfig:
     # Where the preserved prompts are held: on the erased concept's x_t (concept), on x_t from their
     # own trajectories (own: one more sampled trajectory per preserved prompt and step), or both.
     preserve_on: str = "concept"
+    # Prompts the preserved concepts are held in, "{}" standing for each (["{}"]: the prompts as given).
+    # Several ("a photo of {}", "a painting of {}"): each row of a step holds every preserved concept in
+    # one template in turn (row i of step s: template (s * b + i) mod T), so the cost per step stays the
+    # same. For holding kept concepts in the contexts they are generated in (README *Red-teaming*).
+    preserve_templates: list[str] = field(default_factory=lambda: ["{}"])
     precision: str = "fp32"  # fp32 | bf16 | fp16 autocast; master weights stay fp32
     gradient_checkpointing: bool | None = None  # None: on for CUDA, off on CPU
     resolution: int | None = None  # image size of the trajectories; None: the model's default
@@ -124,6 +129,7 @@ class EraseConfig:
         self.concepts = [c.strip() for c in listed(self.concepts)]
         self.preserve = [p.strip() for p in listed(self.preserve)]
         self.robust_templates = listed(self.robust_templates)
+        self.preserve_templates = listed(self.preserve_templates)
 
     @classmethod
     def for_model(cls, base: "BaseModel | str", concepts: str | list[str], method: str = "x",
@@ -189,12 +195,16 @@ class EraseConfig:
             raise ConfigError(f"robust lr must be > 0 and robust weight >= 0, got {self.robust_lr}, {self.robust_weight}")
         if self.robust_objective not in ROBUST_OBJECTIVES:
             raise ConfigError(f"robust objective must be one of {', '.join(ROBUST_OBJECTIVES)}, got '{self.robust_objective}'")
-        if not self.robust_templates:
-            raise ConfigError('no robust template given: pass at least one, e.g. "{}" (the adversarial word alone)')
-        bad = [t for t in self.robust_templates if not isinstance(t, str) or t.count("{}") != 1]
-        if bad:
-            raise ConfigError(f"robust template {bad[0]!r} needs exactly one {{}} where the adversarial word goes, "
-                              'e.g. "a photo of {}"')
+        for name, word in (("robust", "adversarial word"), ("preserve", "preserved prompt")):
+            templates = getattr(self, f"{name}_templates")
+            if not templates:
+                raise ConfigError(f'no {name} template given: pass at least one, e.g. "{{}}" (the {word} alone)')
+            bad = [t for t in templates if not isinstance(t, str) or t.count("{}") != 1]
+            if bad:
+                raise ConfigError(f"{name} template {bad[0]!r} needs exactly one {{}} where the {word} goes, "
+                                  'e.g. "a photo of {}"')
+        if self.preserve_templates != ["{}"] and not self.preserve:
+            raise ConfigError("preserve templates given but nothing is preserved: pass --preserve PROMPT as well")
         if self.robust_objective == "match" and len(self.robust_templates) > 1:
             raise ConfigError("the match objective attacks one template: pass one --robust-template, or use the denoise objective")
         if not 0 <= self.robust_start < 1:

@@ -198,8 +198,9 @@ class _Trainer:
 
         self.scheduler = DDIMScheduler.from_config(base.pipeline.scheduler.config)
         self.scheduler.set_timesteps(config.ddim_steps, device=device)
-        # Conditioning, encoded once: [uncond, concepts..., preserve...]
-        prompts = [""] + config.concepts + config.preserve
+        # Conditioning, encoded once: [uncond, concepts..., each preserved prompt in each preserve template...]
+        kept = [t.replace("{}", p) for p in config.preserve for t in config.preserve_templates]
+        prompts = [""] + config.concepts + kept
         cond = encode_prompts(base, prompts, device, config.resolution).to(device, torch.float32)
         self.uncond, self.concepts = cond.index([0]), cond.index(list(range(1, 1 + len(config.concepts))))
         self.preserve = cond.index(list(range(1 + len(config.concepts), len(prompts)))) if config.preserve else None
@@ -272,12 +273,12 @@ class _Trainer:
         concept = self.concepts.index([k])
         x, t = self._draw_x_t(k, concept)
         b = x.shape[0]
-        n_keep = len(self.preserve) if self.preserve is not None and c.preserve_on != "own" else 0
+        n_keep = len(c.preserve) if self.preserve is not None and c.preserve_on != "own" else 0
 
         # 2. frozen predictions: unconditional, concept, and each preserved prompt, in one batch
         parts = [self.uncond.index([0] * b), concept.index([0] * b)]
         if n_keep:
-            parts += [self.preserve.index([i] * b) for i in range(n_keep)]
+            parts += [self.preserve.index(self._kept_rows(i, b)) for i in range(n_keep)]
         with torch.no_grad(), _autocast(self.device, c.precision):
             frozen = self._predict(x.repeat(2 + n_keep, 1, 1, 1), t, Conditioning.cat(parts), frozen=True).float()
         e_0, e_c = frozen[:b], frozen[b:2 * b]
@@ -298,12 +299,20 @@ class _Trainer:
             loss = loss + c.robust_weight * F.mse_loss(pred[(1 + n_keep) * b:], target)
         return loss
 
+    def _kept_rows(self, j: int, b: int) -> list[int]:
+        """Which encoded prompt holds preserved prompt ``j`` in each of a step's ``b`` rows: row i of
+        step s takes preserve template (s * b + i) mod T, so every template takes turns even at batch size 1."""
+        n = len(self.config.preserve_templates)
+        return [j * n + (self.step * b + i) % n for i in range(b)]
+
     def keep_loss(self, j: int) -> torch.Tensor:
         """Preserved prompt ``j`` held to the frozen model on x_t from its own trajectory
-        (``preserve_on`` own or both): where the kept concept's images are actually made."""
+        (``preserve_on`` own or both): where the kept concept's images are actually made. With
+        several preserve templates, step s's trajectory is made and held in template s mod T."""
         c = self.config
-        keep = self.preserve.index([j])
-        x, t = self._draw_x_t(-1 - j, keep)  # preserved prompts' trajectories sit beside the concepts' (0, 1, ...)
+        row = self._kept_rows(j, 1)[0]
+        keep = self.preserve.index([row])
+        x, t = self._draw_x_t(-1 - row, keep)  # preserved prompts' trajectories sit beside the concepts' (0, 1, ...)
         cond = keep.index([0] * x.shape[0])
         with torch.no_grad(), _autocast(self.device, c.precision):
             goal = self._predict(x, t, cond, frozen=True).float()
@@ -325,8 +334,8 @@ class _Trainer:
             self.scaler.scale(loss).backward()  # frees this concept's graph: memory flat in n
             total += loss.detach()
         if self.preserve is not None and self.config.preserve_on != "concept":
-            for j in range(len(self.preserve)):
-                loss = self.keep_loss(j) / len(self.preserve)
+            for j in range(len(self.config.preserve)):
+                loss = self.keep_loss(j) / len(self.config.preserve)
                 self.scaler.scale(loss).backward()
                 total += loss.detach()
         loss, self.stop = self.processes.finish_step(list(self.trained.values()), total)

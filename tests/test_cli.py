@@ -59,6 +59,7 @@ def _one_line_error(result, *needles):
     (["--concept", "circle", "--eta", "0"], ["eta", "> 0"]),
     (["--concept", "circle", "--steps", "0"], ["steps must be positive"]),
     (["--concept", "circle", "--robust", "--robust-template", "a photo of"], ["robust template 'a photo of'", "one {}"]),
+    (["--concept", "circle", "--preserve-template", "a photo of {}"], ["nothing is preserved", "--preserve"]),
 ])
 def test_erase_bad_input(run, tiny_sd, tmp_path, args, needles):
     out = tmp_path / "edit"
@@ -110,6 +111,15 @@ def test_robust_templates_reach_the_settings(run, tiny_sd, tmp_path):
                  "--robust-template", "{} in a painting", "--dry-run", "--out", out)
     assert result.exit_code == 0, result.output
     assert "'robust_templates': ['a photo of {}', '{} in a painting']" in result.output
+    assert not out.exists()
+
+
+def test_preserve_templates_reach_the_settings(run, tiny_sd, tmp_path):
+    out = tmp_path / "edit"
+    result = run("erase", "--model", tiny_sd, "--concept", "circle", "--preserve", "square", "--preserve-template",
+                 "a photo of {}", "--preserve-template", "{} in a painting", "--dry-run", "--out", out)
+    assert result.exit_code == 0, result.output
+    assert "'preserve_templates': ['a photo of {}', '{} in a painting']" in result.output
     assert not out.exists()
 
 

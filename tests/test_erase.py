@@ -403,6 +403,74 @@ def test_bad_robust_budgets_are_one_line_errors(setting):
         EraseConfig(concepts=["circle"], robust=True, **{setting: 0}).validate()
 
 
+def _edited_conditionings(monkeypatch) -> list[torch.Tensor]:
+    """Record the conditioning of every edited-model prediction made with autograd (the loss terms)."""
+    conds, predict = [], _Trainer._predict
+
+    def recording(self, x, t, cond, frozen):
+        if not frozen and torch.is_grad_enabled():
+            conds.append(cond.hidden.detach().clone())
+        return predict(self, x, t, cond, frozen)
+
+    monkeypatch.setattr(_Trainer, "_predict", recording)
+    return conds
+
+
+def test_preserve_templates_hold_each_kept_prompt_in_turn(tiny_sd, monkeypatch):
+    """Each preserved prompt is held in the preserve templates, row i of step s in template (s * b + i) mod T
+    (so in turn at batch size 1 too); the templates change the erase; ["{}"] is the prompts as given."""
+    from esd_sdk.conditioning import encode_prompts
+
+    base = load_base(tiny_sd)
+    templates = ["a photo of {}", "a painting of {}"]
+    encoded = encode_prompts(base, [t.format(p) for p in ("square", "triangle") for t in templates]).hidden
+    settings = dict(concepts=["circle"], method="x", preserve=["square", "triangle"], **FAST)
+    conds = _edited_conditionings(monkeypatch)
+    templated = train(base, EraseConfig(**settings, batch_size=2, preserve_templates=templates), progress=False)
+    assert len(conds) == FAST["steps"] and all(c.shape[0] == 6 for c in conds)  # [circle x2, square x2, triangle x2]
+    for c in conds:
+        assert torch.equal(c[2:], encoded)  # rows 0 and 1 in templates 0 and 1, for each kept prompt
+    conds.clear()
+    train(base, EraseConfig(**settings, batch_size=1, preserve_templates=templates), progress=False)
+    assert [torch.equal(c[1], encoded[s % 2]) and torch.equal(c[2], encoded[2 + s % 2]) for s, c in enumerate(conds)] \
+        == [True] * FAST["steps"]
+    monkeypatch.undo()
+    as_given = train(base, EraseConfig(**settings, batch_size=2), progress=False)
+    assert train(base, EraseConfig(**settings, batch_size=2, preserve_templates=["{}"]), progress=False).losses \
+        == as_given.losses
+    assert templated.losses != as_given.losses
+
+
+def test_preserve_templates_on_own_trajectories_resume_exactly(tiny_sd, tmp_path, monkeypatch):
+    """preserve_on both with templates: step s makes and holds each kept prompt's own trajectory in
+    template s mod T (kept trajectories reused across steps, so the checkpoint must carry each)."""
+    config = dict(concepts=["circle"], method="x", steps=5, lr=1e-3, ddim_steps=6, preserve=["square"],
+                  preserve_on="both", regenerate_every=3, preserve_templates=["a photo of {}", "{} in a painting"])
+    from esd_sdk.conditioning import encode_prompts
+
+    sampled, sample = [], _Trainer._sample
+    monkeypatch.setattr(_Trainer, "_sample", lambda self, prompt, *a, **k: sampled.append(prompt.hidden[0].clone())
+                        or sample(self, prompt, *a, **k))
+    train(load_base(tiny_sd), EraseConfig(**{**config, "steps": 2, "regenerate_every": 1}), progress=False)
+    monkeypatch.undo()
+    kept = encode_prompts(load_base(tiny_sd), ["a photo of square", "square in a painting"]).hidden
+    assert [[torch.equal(h, k) for k in kept] for h in sampled[1::2]] == [[True, False], [False, True]]  # step 0, 1
+    straight, resumed = _straight_and_resumed(tiny_sd, tmp_path / "edit", config, monkeypatch)
+    assert resumed.losses == straight.losses
+    assert resumed.manifest["config"]["preserve_templates"] == ["a photo of {}", "{} in a painting"]
+
+
+@pytest.mark.parametrize("settings, message", [
+    (dict(preserve=["square"], preserve_templates=["a photo of"]),
+     r"preserve template 'a photo of' needs exactly one \{\} where the preserved prompt goes"),
+    (dict(preserve=["square"], preserve_templates=[]), r"no preserve template given: pass at least one"),
+    (dict(preserve_templates=["a photo of {}"]), r"preserve templates given but nothing is preserved: pass --preserve"),
+])
+def test_bad_preserve_templates_are_one_line_errors(settings, message):
+    with pytest.raises(ConfigError, match=message):
+        EraseConfig(concepts=["circle"], **settings).validate()
+
+
 def _sampled_prompts(monkeypatch):
     """Record which prompt (0: the concept, 1: the preserved one) each x_t trajectory is sampled with."""
     seen = []
