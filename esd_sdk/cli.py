@@ -178,6 +178,9 @@ def _slug(text: str) -> str:
 @click.option("--preserve-weight", type=float, help="Weight of the preservation loss [1.0].")
 @click.option("--preserve-on", type=click.Choice(["concept", "own", "both"]),
               help="Hold --preserve prompts on the concept's x_t, on x_t from their own trajectories, or both [concept].")
+@click.option("--concept-template", "concept_templates", multiple=True, metavar="TEMPLATE",
+              help="A prompt the concept is erased in, {} where it goes, e.g. \"a photo of {}\"; repeat for several "
+                   "(taken in turn, the same cost) [{}: the concept as given, the paper].")
 @click.option("--preserve-template", "preserve_templates", multiple=True, metavar="TEMPLATE",
               help="A prompt the --preserve prompts are held in, {} where each goes, e.g. \"a photo of {}\"; "
                    "repeat for several (taken in turn, the same cost) [{}: the prompts as given].")
@@ -237,7 +240,7 @@ def erase(concepts, concepts_file, method, model, out, device, processes, resume
     if not concepts:
         raise click.UsageError("nothing to erase: pass --concept PROMPT (repeatable) or --concepts-file FILE")
     overrides = {k: v for k, v in settings.items() if v is not None and v != ()}
-    for key in ("preserve", "preserve_templates", "robust_templates"):
+    for key in ("preserve", "concept_templates", "preserve_templates", "robust_templates"):
         if key in overrides:
             overrides[key] = list(overrides[key])
     # Bad settings fail here, in one line, before the model loads.

@@ -80,6 +80,10 @@ class EraseConfig:
     # Where the preserved prompts are held: on the erased concept's x_t (concept), on x_t from their
     # own trajectories (own: one more sampled trajectory per preserved prompt and step), or both.
     preserve_on: str = "concept"
+    # Prompts the concepts are erased in, "{}" standing for each (["{}"]: the concepts as given, the paper).
+    # Several ("a photo of {}", "a painting of {}"): row i of step s is sampled, and its concept held to the
+    # negatively guided target, in template (s * b + i) mod T: the same cost a step.
+    concept_templates: list[str] = field(default_factory=lambda: ["{}"])
     # Prompts the preserved concepts are held in, "{}" standing for each (["{}"]: the prompts as given).
     # Several ("a photo of {}", "a painting of {}"): each row of a step holds every preserved concept in
     # one template in turn (row i of step s: template (s * b + i) mod T), so the cost per step stays the
@@ -130,6 +134,7 @@ class EraseConfig:
         self.preserve = [p.strip() for p in listed(self.preserve)]
         self.robust_templates = listed(self.robust_templates)
         self.preserve_templates = listed(self.preserve_templates)
+        self.concept_templates = listed(self.concept_templates)
 
     @classmethod
     def for_model(cls, base: "BaseModel | str", concepts: str | list[str], method: str = "x",
@@ -195,7 +200,7 @@ class EraseConfig:
             raise ConfigError(f"robust lr must be > 0 and robust weight >= 0, got {self.robust_lr}, {self.robust_weight}")
         if self.robust_objective not in ROBUST_OBJECTIVES:
             raise ConfigError(f"robust objective must be one of {', '.join(ROBUST_OBJECTIVES)}, got '{self.robust_objective}'")
-        for name, word in (("robust", "adversarial word"), ("preserve", "preserved prompt")):
+        for name, word in (("robust", "adversarial word"), ("preserve", "preserved prompt"), ("concept", "concept")):
             templates = getattr(self, f"{name}_templates")
             if not templates:
                 raise ConfigError(f'no {name} template given: pass at least one, e.g. "{{}}" (the {word} alone)')

@@ -204,6 +204,10 @@ class _Trainer:
         cond = encode_prompts(base, prompts, device, config.resolution).to(device, torch.float32)
         self.uncond, self.concepts = cond.index([0]), cond.index(list(range(1, 1 + len(config.concepts))))
         self.preserve = cond.index(list(range(1 + len(config.concepts), len(prompts)))) if config.preserve else None
+        # ... and each concept in each concept template, when there are templates (the rows of a step take turns)
+        self.concepts_in = None if config.concept_templates == ["{}"] else encode_prompts(
+            base, [t.replace("{}", c) for c in config.concepts for t in config.concept_templates], device,
+            config.resolution).to(device, torch.float32)
         size = config.resolution or self.unet.config.sample_size * base.pipeline.vae_scale_factor
         scale = base.pipeline.vae_scale_factor
         if size % scale:
@@ -239,7 +243,7 @@ class _Trainer:
         c = self.config
         x = self.processes.shard(self._noise(generator)).to(self.device) * self.scheduler.init_noise_sigma
         b = x.shape[0]
-        cond = Conditioning.cat([self.uncond.index([0] * b), concept.index([0] * b)])
+        cond = Conditioning.cat([self.uncond.index([0] * b), concept if len(concept) == b else concept.index([0] * b)])
         frozen = c.sampler == "frozen" if frozen is None else frozen
         states = []
         for t in self.scheduler.timesteps[:n_steps]:
@@ -269,16 +273,20 @@ class _Trainer:
     def concept_loss(self, k: int) -> torch.Tensor:
         """The ESD loss of concept ``k`` on a fresh x_t (plus its preservation and robust terms)."""
         c = self.config
-        # 1. x_t at a random point of the concept's trajectory
-        concept = self.concepts.index([k])
-        x, t = self._draw_x_t(k, concept)
-        b = x.shape[0]
+        # 1. x_t at a random point of the concept's trajectory (each row's in its concept template)
+        b = self.latent_shape[0]
+        if self.concepts_in is None:
+            concept, key = self.concepts.index([k] * b), k
+        else:  # trajectories kept for reuse are told apart by the template their row 0 starts in
+            n = len(c.concept_templates)
+            concept, key = self.concepts_in.index(self._turns(k, b, n)), k * n + self.step * b % n
+        x, t = self._draw_x_t(key, concept)
         n_keep = len(c.preserve) if self.preserve is not None and c.preserve_on != "own" else 0
 
         # 2. frozen predictions: unconditional, concept, and each preserved prompt, in one batch
-        parts = [self.uncond.index([0] * b), concept.index([0] * b)]
+        parts = [self.uncond.index([0] * b), concept]
         if n_keep:
-            parts += [self.preserve.index(self._kept_rows(i, b)) for i in range(n_keep)]
+            parts += [self.preserve.index(self._turns(i, b, len(c.preserve_templates))) for i in range(n_keep)]
         with torch.no_grad(), _autocast(self.device, c.precision):
             frozen = self._predict(x.repeat(2 + n_keep, 1, 1, 1), t, Conditioning.cat(parts), frozen=True).float()
         e_0, e_c = frozen[:b], frozen[b:2 * b]
@@ -299,10 +307,10 @@ class _Trainer:
             loss = loss + c.robust_weight * F.mse_loss(pred[(1 + n_keep) * b:], target)
         return loss
 
-    def _kept_rows(self, j: int, b: int) -> list[int]:
-        """Which encoded prompt holds preserved prompt ``j`` in each of a step's ``b`` rows: row i of
-        step s takes preserve template (s * b + i) mod T, so every template takes turns even at batch size 1."""
-        n = len(self.config.preserve_templates)
+    def _turns(self, j: int, b: int, n: int) -> list[int]:
+        """Which encoded prompt stands for prompt ``j`` (encoded in ``n`` templates, j's first) in each of
+        a step's ``b`` rows: row i of step s takes template (s * b + i) mod n, so every template takes
+        turns even at batch size 1."""
         return [j * n + (self.step * b + i) % n for i in range(b)]
 
     def keep_loss(self, j: int) -> torch.Tensor:
@@ -310,7 +318,7 @@ class _Trainer:
         (``preserve_on`` own or both): where the kept concept's images are actually made. With
         several preserve templates, step s's trajectory is made and held in template s mod T."""
         c = self.config
-        row = self._kept_rows(j, 1)[0]
+        row = self._turns(j, 1, len(c.preserve_templates))[0]
         keep = self.preserve.index([row])
         x, t = self._draw_x_t(-1 - row, keep)  # preserved prompts' trajectories sit beside the concepts' (0, 1, ...)
         cond = keep.index([0] * x.shape[0])

@@ -114,12 +114,14 @@ def test_robust_templates_reach_the_settings(run, tiny_sd, tmp_path):
     assert not out.exists()
 
 
-def test_preserve_templates_reach_the_settings(run, tiny_sd, tmp_path):
+def test_concept_and_preserve_templates_reach_the_settings(run, tiny_sd, tmp_path):
     out = tmp_path / "edit"
     result = run("erase", "--model", tiny_sd, "--concept", "circle", "--preserve", "square", "--preserve-template",
-                 "a photo of {}", "--preserve-template", "{} in a painting", "--dry-run", "--out", out)
+                 "a photo of {}", "--preserve-template", "{} in a painting", "--concept-template", "a red {}",
+                 "--dry-run", "--out", out)
     assert result.exit_code == 0, result.output
     assert "'preserve_templates': ['a photo of {}', '{} in a painting']" in result.output
+    assert "'concept_templates': ['a red {}']" in result.output
     assert not out.exists()
 
 

@@ -460,13 +460,60 @@ def test_preserve_templates_on_own_trajectories_resume_exactly(tiny_sd, tmp_path
     assert resumed.manifest["config"]["preserve_templates"] == ["a photo of {}", "{} in a painting"]
 
 
+def test_concept_templates_erase_the_concept_in_each_in_turn(tiny_sd, monkeypatch):
+    """Each row of a step is sampled, and its concept held, in concept template (s * b + i) mod T;
+    ["{}"] is the paper's erase of the concept as given."""
+    from esd_sdk.conditioning import encode_prompts
+
+    base = load_base(tiny_sd)
+    templates = ["a photo of {}", "a painting of {}"]
+    encoded = encode_prompts(base, [t.format("circle") for t in templates]).hidden
+    settings = dict(concepts=["circle"], method="x", **FAST)
+    conds, sampled, sample = _edited_conditionings(monkeypatch), [], _Trainer._sample
+    monkeypatch.setattr(_Trainer, "_sample", lambda self, prompt, *a, **k: sampled.append(prompt.hidden.clone())
+                        or sample(self, prompt, *a, **k))
+    templated = train(base, EraseConfig(**settings, batch_size=2, concept_templates=templates), progress=False)
+    assert len(conds) == len(sampled) == FAST["steps"]
+    assert all(torch.equal(c, encoded) for c in conds) and all(torch.equal(h, encoded) for h in sampled)
+    conds.clear(), sampled.clear()
+    train(base, EraseConfig(**settings, batch_size=1, concept_templates=templates), progress=False)
+    assert [torch.equal(c[0], encoded[s % 2]) and torch.equal(h[0], encoded[s % 2])
+            for s, (c, h) in enumerate(zip(conds, sampled))] == [True] * FAST["steps"]
+    monkeypatch.undo()
+    as_given = train(base, EraseConfig(**settings, batch_size=2), progress=False)
+    assert train(base, EraseConfig(**settings, batch_size=2, concept_templates=["{}"]), progress=False).losses \
+        == as_given.losses
+    assert templated.losses != as_given.losses
+
+
+def test_concept_templates_with_reused_trajectories_resume_exactly(tiny_sd, tmp_path, monkeypatch):
+    """Trajectories kept for several steps are kept per template (batch size 1: one template a step)."""
+    from esd_sdk.conditioning import encode_prompts
+
+    config = dict(concepts=["circle"], method="x", steps=5, lr=1e-3, ddim_steps=6, batch_size=1, regenerate_every=3,
+                  concept_templates=["a photo of {}", "{} in a painting"], **ROBUST)
+    sampled, sample = [], _Trainer._sample
+    monkeypatch.setattr(_Trainer, "_sample", lambda self, prompt, *a, **k: sampled.append(prompt.hidden[0].clone())
+                        or sample(self, prompt, *a, **k))
+    train(load_base(tiny_sd), EraseConfig(**{**config, "steps": 3, "robust": False}), progress=False)
+    monkeypatch.undo()
+    encoded = encode_prompts(load_base(tiny_sd), ["a photo of circle", "circle in a painting"]).hidden
+    # steps 0 and 1 make a trajectory in their template; step 2 reuses step 0's (its own template's)
+    assert [[torch.equal(h, e) for e in encoded] for h in sampled] == [[True, False], [False, True]]
+    straight, resumed = _straight_and_resumed(tiny_sd, tmp_path / "edit", config, monkeypatch)
+    assert resumed.losses == straight.losses
+    assert resumed.manifest["config"]["concept_templates"] == ["a photo of {}", "{} in a painting"]
+
+
 @pytest.mark.parametrize("settings, message", [
     (dict(preserve=["square"], preserve_templates=["a photo of"]),
      r"preserve template 'a photo of' needs exactly one \{\} where the preserved prompt goes"),
     (dict(preserve=["square"], preserve_templates=[]), r"no preserve template given: pass at least one"),
     (dict(preserve_templates=["a photo of {}"]), r"preserve templates given but nothing is preserved: pass --preserve"),
+    (dict(concept_templates=["{} and {}"]), r"concept template '\{\} and \{\}' needs exactly one \{\} where the concept goes"),
+    (dict(concept_templates=[]), r"no concept template given"),
 ])
-def test_bad_preserve_templates_are_one_line_errors(settings, message):
+def test_bad_concept_and_preserve_templates_are_one_line_errors(settings, message):
     with pytest.raises(ConfigError, match=message):
         EraseConfig(concepts=["circle"], **settings).validate()
 
