@@ -416,6 +416,21 @@ def _edited_conditionings(monkeypatch) -> list[torch.Tensor]:
     return conds
 
 
+def _sampled_conditionings(monkeypatch) -> list[torch.Tensor]:
+    """Record the conditioning every trajectory (or inner-attack latent) is sampled with."""
+    sampled, sample = [], _Trainer._sample
+    monkeypatch.setattr(_Trainer, "_sample", lambda self, prompt, *a, **k: sampled.append(prompt.hidden.clone())
+                        or sample(self, prompt, *a, **k))
+    return sampled
+
+
+def _assert_templates_matter(base, settings: dict, key: str, templated) -> None:
+    """``key`` = ["{}"] erases exactly as without it; the templates given (``templated``) erase otherwise."""
+    as_given = train(base, EraseConfig(**settings, batch_size=2), progress=False)
+    assert train(base, EraseConfig(**settings, batch_size=2, **{key: ["{}"]}), progress=False).losses == as_given.losses
+    assert templated.losses != as_given.losses
+
+
 def test_preserve_templates_hold_each_kept_prompt_in_turn(tiny_sd, monkeypatch):
     """Each preserved prompt is held in the preserve templates, row i of step s in template (s * b + i) mod T
     (so in turn at batch size 1 too); the templates change the erase; ["{}"] is the prompts as given."""
@@ -435,26 +450,22 @@ def test_preserve_templates_hold_each_kept_prompt_in_turn(tiny_sd, monkeypatch):
     assert [torch.equal(c[1], encoded[s % 2]) and torch.equal(c[2], encoded[2 + s % 2]) for s, c in enumerate(conds)] \
         == [True] * FAST["steps"]
     monkeypatch.undo()
-    as_given = train(base, EraseConfig(**settings, batch_size=2), progress=False)
-    assert train(base, EraseConfig(**settings, batch_size=2, preserve_templates=["{}"]), progress=False).losses \
-        == as_given.losses
-    assert templated.losses != as_given.losses
+    _assert_templates_matter(base, settings, "preserve_templates", templated)
 
 
 def test_preserve_templates_on_own_trajectories_resume_exactly(tiny_sd, tmp_path, monkeypatch):
     """preserve_on both with templates: step s makes and holds each kept prompt's own trajectory in
     template s mod T (kept trajectories reused across steps, so the checkpoint must carry each)."""
-    config = dict(concepts=["circle"], method="x", steps=5, lr=1e-3, ddim_steps=6, preserve=["square"],
-                  preserve_on="both", regenerate_every=3, preserve_templates=["a photo of {}", "{} in a painting"])
     from esd_sdk.conditioning import encode_prompts
 
-    sampled, sample = [], _Trainer._sample
-    monkeypatch.setattr(_Trainer, "_sample", lambda self, prompt, *a, **k: sampled.append(prompt.hidden[0].clone())
-                        or sample(self, prompt, *a, **k))
+    config = dict(concepts=["circle"], method="x", steps=5, lr=1e-3, ddim_steps=6, preserve=["square"],
+                  preserve_on="both", regenerate_every=3, preserve_templates=["a photo of {}", "{} in a painting"])
+
+    sampled = _sampled_conditionings(monkeypatch)
     train(load_base(tiny_sd), EraseConfig(**{**config, "steps": 2, "regenerate_every": 1}), progress=False)
     monkeypatch.undo()
     kept = encode_prompts(load_base(tiny_sd), ["a photo of square", "square in a painting"]).hidden
-    assert [[torch.equal(h, k) for k in kept] for h in sampled[1::2]] == [[True, False], [False, True]]  # step 0, 1
+    assert [[torch.equal(h[0], k) for k in kept] for h in sampled[1::2]] == [[True, False], [False, True]]  # step 0, 1
     straight, resumed = _straight_and_resumed(tiny_sd, tmp_path / "edit", config, monkeypatch)
     assert resumed.losses == straight.losses
     assert resumed.manifest["config"]["preserve_templates"] == ["a photo of {}", "{} in a painting"]
@@ -469,9 +480,7 @@ def test_concept_templates_erase_the_concept_in_each_in_turn(tiny_sd, monkeypatc
     templates = ["a photo of {}", "a painting of {}"]
     encoded = encode_prompts(base, [t.format("circle") for t in templates]).hidden
     settings = dict(concepts=["circle"], method="x", **FAST)
-    conds, sampled, sample = _edited_conditionings(monkeypatch), [], _Trainer._sample
-    monkeypatch.setattr(_Trainer, "_sample", lambda self, prompt, *a, **k: sampled.append(prompt.hidden.clone())
-                        or sample(self, prompt, *a, **k))
+    conds, sampled = _edited_conditionings(monkeypatch), _sampled_conditionings(monkeypatch)
     templated = train(base, EraseConfig(**settings, batch_size=2, concept_templates=templates), progress=False)
     assert len(conds) == len(sampled) == FAST["steps"]
     assert all(torch.equal(c, encoded) for c in conds) and all(torch.equal(h, encoded) for h in sampled)
@@ -480,10 +489,7 @@ def test_concept_templates_erase_the_concept_in_each_in_turn(tiny_sd, monkeypatc
     assert [torch.equal(c[0], encoded[s % 2]) and torch.equal(h[0], encoded[s % 2])
             for s, (c, h) in enumerate(zip(conds, sampled))] == [True] * FAST["steps"]
     monkeypatch.undo()
-    as_given = train(base, EraseConfig(**settings, batch_size=2), progress=False)
-    assert train(base, EraseConfig(**settings, batch_size=2, concept_templates=["{}"]), progress=False).losses \
-        == as_given.losses
-    assert templated.losses != as_given.losses
+    _assert_templates_matter(base, settings, "concept_templates", templated)
 
 
 def test_concept_templates_with_reused_trajectories_resume_exactly(tiny_sd, tmp_path, monkeypatch):
@@ -492,14 +498,12 @@ def test_concept_templates_with_reused_trajectories_resume_exactly(tiny_sd, tmp_
 
     config = dict(concepts=["circle"], method="x", steps=5, lr=1e-3, ddim_steps=6, batch_size=1, regenerate_every=3,
                   concept_templates=["a photo of {}", "{} in a painting"], **ROBUST)
-    sampled, sample = [], _Trainer._sample
-    monkeypatch.setattr(_Trainer, "_sample", lambda self, prompt, *a, **k: sampled.append(prompt.hidden[0].clone())
-                        or sample(self, prompt, *a, **k))
+    sampled = _sampled_conditionings(monkeypatch)
     train(load_base(tiny_sd), EraseConfig(**{**config, "steps": 3, "robust": False}), progress=False)
     monkeypatch.undo()
     encoded = encode_prompts(load_base(tiny_sd), ["a photo of circle", "circle in a painting"]).hidden
     # steps 0 and 1 make a trajectory in their template; step 2 reuses step 0's (its own template's)
-    assert [[torch.equal(h, e) for e in encoded] for h in sampled] == [[True, False], [False, True]]
+    assert [[torch.equal(h[0], e) for e in encoded] for h in sampled] == [[True, False], [False, True]]
     straight, resumed = _straight_and_resumed(tiny_sd, tmp_path / "edit", config, monkeypatch)
     assert resumed.losses == straight.losses
     assert resumed.manifest["config"]["concept_templates"] == ["a photo of {}", "{} in a painting"]
