@@ -148,3 +148,53 @@ def test_timing_variants_take_json_lists(monkeypatch):
     assert settings == {"robust": True, "robust_every": 1, "robust_attack_steps": 10, "robust_start": 0.5,
                         "robust_templates": ["a red {}", "a green, bright {}"], "robust_images": 4}
     assert robust_toy.timing_spec("1x5,method=all")[1]["method"] == "all"
+
+
+@pytest.fixture
+def rescore_seeds(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))  # its siblings robust_seeds and multi_concept_reeval
+    spec = importlib.util.spec_from_file_location("rescore_seeds", ROOT / "benchmarks" / "rescore_seeds.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _scored_again(path: Path, erased: float, inversion: float, embedding: float, kept_drop: float) -> str:
+    """An `esd-sdk eval --attack inversion --attack embedding` output directory, 128 images a rate."""
+    (path / "attack").mkdir(parents=True)
+    (path / "eval.json").write_text(json.dumps({"seed": 1000, "summary": {"erased": erased, "max_kept_drop": kept_drop},
+                                                "rows": [{"prompt_set": "erased", "images": 128}]}))
+    (path / "attack" / "attack.json").write_text(json.dumps({"results": [
+        {"attack": "inversion", "asr": inversion, "control": 1.0}, {"attack": "embedding", "asr": embedding, "control": 0.96875}]}))
+    return path.name
+
+
+def test_rescored_goals_read_at_128_images(rescore_seeds, tmp_path):
+    """At 128 images the goals allow 6, 2 and 3 images (one more fails each); the first scoring's
+    row comes from its robust_toy report, and the summary counts both."""
+    i = 1 / 128
+    rows = [
+        (0, _scored_again(tmp_path / "e0", 2 * i, 6 * i, 0.0, 3 * i), _report(tmp_path / "s0.json", 0, robust=_variant(0.03125, 0.0, 0.0, 0.0))),
+        (1, _scored_again(tmp_path / "e1", 3 * i, 0.0, 0.0, 0.0), _report(tmp_path / "s1.json", 1, robust=_variant(0.0, 0.0, 0.0, 0.0))),
+        (2, _scored_again(tmp_path / "e2", 0.0, 7 * i, 0.0, 0.0), None),
+        (3, _scored_again(tmp_path / "e3", 0.0, 0.0, 0.0, 4 * i), None),
+    ]
+    sources = tmp_path / "sources.txt"
+    sources.write_text("# seed, eval dir, report\n" + "\n".join(f"{s} {e} {r or ''}" for s, e, r in rows) + "\n")
+    seeds = rescore_seeds.collect(sources)
+    s = rescore_seeds.summary(seeds)
+    assert s["rescored"]["met"] == 1 and s["rescored"]["met_each"] == {"asr": 3, "erased": 3, "kept": 3}
+    assert s["first"]["met"] == 1 and s["first"]["of"] == 2 and s["rescored"]["min_control"] == 0.96875
+    text = rescore_seeds.markdown(seeds, s)
+    assert "| 0 | 3.1% / 0.0% / 0.0% / 0.0 pts | no | 1.6% / 4.7% / 0.0% / 2.3 pts | **yes** |" in text
+    assert "| 2 | n/a |  | 0.0% / 5.5% / 0.0% / 0.0 pts | no |" in text
+    assert "128 images a rate" in text and "Scored again the edits meet every goal at **1 of 4**" in text
+
+
+def test_rescore_needs_both_attacks(rescore_seeds, tmp_path):
+    _scored_again(tmp_path / "e0", 0.0, 0.0, 0.0, 0.0)
+    attack = tmp_path / "e0" / "attack" / "attack.json"
+    attack.write_text(json.dumps({"results": [{"attack": "inversion", "asr": 0.0, "control": 1.0}]}))
+    (tmp_path / "sources.txt").write_text("0 e0\n")
+    with pytest.raises(SystemExit, match="no embedding attack in attack/attack.json: score it with --attack inversion"):
+        rescore_seeds.collect(tmp_path / "sources.txt")
