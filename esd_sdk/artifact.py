@@ -126,6 +126,7 @@ def model_card(manifest: dict) -> str:
         f"| negative guidance η | {cfg['negative_guidance']} |",
         f"| steps, lr | {cfg['steps']}, {cfg['lr']} |",
         f"| preserved prompts | {', '.join(cfg['preserve']) or 'none'} |",
+        *_context_rows(cfg),
         f"| precision | {cfg['precision']} |",
         f"| seed | {cfg['seed']} |",
         f"| base weights | `{manifest['base_hash']}` |",
@@ -136,6 +137,19 @@ def model_card(manifest: dict) -> str:
     if manifest.get("scores"):
         lines += ["", "## Scores", "", "```json", json.dumps(manifest["scores"], indent=2), "```"]
     return "\n".join(lines) + "\n"
+
+
+def _context_rows(cfg: dict) -> list[str]:
+    """Model-card rows for the settings that only some erases use: the contexts (templates) the concept was
+    erased in and the preserved prompts held in, and robust ESD's inner attack."""
+    rows = [f"| {name} | {', '.join(f'`{t}`' for t in cfg[key])} |" for key, name in
+            (("concept_templates", "concept erased in"), ("preserve_templates", "preserved prompts held in"))
+            if cfg.get(key, ["{}"]) != ["{}"]]
+    if cfg.get("robust"):
+        rows.append(f"| robust (adversarial ESD) | {cfg['robust_attack_steps']} inner attack steps every {cfg['robust_every']} "
+                    f"from {cfg['robust_start']:g} of the steps, {cfg['robust_tokens']} tokens learned in "
+                    f"{', '.join(f'`{t}`' for t in cfg.get('robust_templates', ['{}']))} |")
+    return rows
 
 
 # -- writing and reading the directory ------------------------------------------------------------

@@ -469,6 +469,9 @@ def test_preserve_templates_on_own_trajectories_resume_exactly(tiny_sd, tmp_path
     straight, resumed = _straight_and_resumed(tiny_sd, tmp_path / "edit", config, monkeypatch)
     assert resumed.losses == straight.losses
     assert resumed.manifest["config"]["preserve_templates"] == ["a photo of {}", "{} in a painting"]
+    card = (tmp_path / "edit" / "README.md").read_text()
+    assert "| preserved prompts held in | `a photo of {}`, `{} in a painting` |" in card
+    assert "erased in" not in card and "robust" not in card
 
 
 def test_concept_templates_erase_the_concept_in_each_in_turn(tiny_sd, monkeypatch):
@@ -507,6 +510,9 @@ def test_concept_templates_with_reused_trajectories_resume_exactly(tiny_sd, tmp_
     straight, resumed = _straight_and_resumed(tiny_sd, tmp_path / "edit", config, monkeypatch)
     assert resumed.losses == straight.losses
     assert resumed.manifest["config"]["concept_templates"] == ["a photo of {}", "{} in a painting"]
+    card = (tmp_path / "edit" / "README.md").read_text()  # the model card names the contexts and the inner attack
+    assert "| concept erased in | `a photo of {}`, `{} in a painting` |" in card and "held in" not in card
+    assert "| robust (adversarial ESD) | 2 inner attack steps every 2 from 0 of the steps, 2 tokens learned in `{}` |" in card
 
 
 @pytest.mark.parametrize("settings, message", [
