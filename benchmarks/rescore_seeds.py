@@ -18,12 +18,11 @@ Reads reports only: no model runs.
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
 from multi_concept_reeval import wilson
-from robust_seeds import figures, goals, meets
+from robust_seeds import figures, goals, meets, sources_args
 
 
 def rescored(eval_dir: Path) -> dict:
@@ -103,12 +102,7 @@ def markdown(seeds: dict[int, dict], s: dict) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("sources", type=Path, help="a text file of 'SEED EVAL_DIR [REPORT]' lines")
-    parser.add_argument("--out", type=Path, help="write rescored.md and .json here")
-    args = parser.parse_args()
-    if not args.sources.is_file():
-        parser.error(f"{args.sources} is not a file: list 'SEED EVAL_DIR [REPORT]' in it, one a line")
+    args = sources_args(__doc__, "'SEED EVAL_DIR [REPORT]' lines", "rescored.md and .json")
     seeds = collect(args.sources)
     s = summary(seeds)
     text = markdown(seeds, s)

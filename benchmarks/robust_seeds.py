@@ -180,13 +180,19 @@ def markdown(seeds: dict[int, dict[str, dict]], s: dict, recipes: dict[str, dict
     return "\n".join(lines) + "\n"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("sources", type=Path, help="a text file listing robust_toy.json paths, one a line")
-    parser.add_argument("--out", type=Path, help="write across_seeds.md and .json here")
+def sources_args(doc: str, lines: str, outputs: str) -> argparse.Namespace:
+    """The command line of a table script: a sources file of ``lines`` (checked to exist) and --out."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("sources", type=Path, help=f"a text file of {lines}, one a line")
+    parser.add_argument("--out", type=Path, help=f"write {outputs} here")
     args = parser.parse_args()
     if not args.sources.is_file():
-        parser.error(f"{args.sources} is not a file: list robust_toy.json paths in it, one a line")
+        parser.error(f"{args.sources} is not a file: list {lines} in it, one a line")
+    return args
+
+
+def main() -> None:
+    args = sources_args(__doc__, "robust_toy.json paths", "across_seeds.md and .json")
     seeds, recipes = collect(args.sources)
     s = summary(seeds)
     text = markdown(seeds, s, recipes)
