@@ -474,12 +474,13 @@ def test_preserve_templates_on_own_trajectories_resume_exactly(tiny_sd, tmp_path
     assert "erased in" not in card and "robust" not in card
 
 
-def test_concept_templates_erase_the_concept_in_each_in_turn(tiny_sd, monkeypatch):
-    """Each row of a step is sampled, and its concept held, in concept template (s * b + i) mod T;
-    ["{}"] is the paper's erase of the concept as given."""
+@pytest.mark.parametrize("model", ["tiny_sd", "tiny_sdxl"])
+def test_concept_templates_erase_the_concept_in_each_in_turn(model, request, monkeypatch):
+    """Each row of a step is sampled, and its concept held, in concept template (s * b + i) mod T
+    on SD and SDXL; ["{}"] is the paper's erase of the concept as given."""
     from esd_sdk.conditioning import encode_prompts
 
-    base = load_base(tiny_sd)
+    base = load_base(request.getfixturevalue(model))
     templates = ["a photo of {}", "a painting of {}"]
     encoded = encode_prompts(base, [t.format("circle") for t in templates]).hidden
     settings = dict(concepts=["circle"], method="x", **FAST)
