@@ -198,16 +198,18 @@ class _Trainer:
 
         self.scheduler = DDIMScheduler.from_config(base.pipeline.scheduler.config)
         self.scheduler.set_timesteps(config.ddim_steps, device=device)
-        # Conditioning, encoded once: [uncond, concepts..., each preserved prompt in each preserve template...]
+        # Conditioning, encoded once: [uncond, concepts..., each preserved prompt in each preserve template...,
+        # each concept in each concept template... (none with "{}" alone: the concepts themselves)]
         kept = [t.replace("{}", p) for p in config.preserve for t in config.preserve_templates]
-        prompts = [""] + config.concepts + kept
+        erased = [] if config.concept_templates == ["{}"] else [
+            t.replace("{}", c) for c in config.concepts for t in config.concept_templates]
+        prompts = [""] + config.concepts + kept + erased
         cond = encode_prompts(base, prompts, device, config.resolution).to(device, torch.float32)
-        self.uncond, self.concepts = cond.index([0]), cond.index(list(range(1, 1 + len(config.concepts))))
-        self.preserve = cond.index(list(range(1 + len(config.concepts), len(prompts)))) if config.preserve else None
-        # ... and each concept in each concept template, when there are templates (the rows of a step take turns)
-        self.concepts_in = None if config.concept_templates == ["{}"] else encode_prompts(
-            base, [t.replace("{}", c) for c in config.concepts for t in config.concept_templates], device,
-            config.resolution).to(device, torch.float32)
+        rows = lambda start, n: cond.index(list(range(start, start + n)))  # noqa: E731
+        self.uncond, self.concepts = cond.index([0]), rows(1, len(config.concepts))
+        self.preserve = rows(1 + len(config.concepts), len(kept)) if config.preserve else None
+        # what the ESD term holds, in turns (`_turns`): the concepts in their templates
+        self.erased = rows(len(prompts) - len(erased), len(erased)) if erased else self.concepts
         size = config.resolution or self.unet.config.sample_size * base.pipeline.vae_scale_factor
         scale = base.pipeline.vae_scale_factor
         if size % scale:
@@ -238,8 +240,9 @@ class _Trainer:
     def _sample(self, concept: Conditioning, n_steps: int, keep_all: bool = False, frozen: bool | None = None,
                 generator: torch.Generator | None = None):
         """Run n_steps guided DDIM steps from fresh noise; returns x (or every intermediate x).
-        The model is the one being edited, or the frozen one with ``sampler="frozen"`` (or ``frozen``).
-        The noise comes from ``generator`` [the trainer's]."""
+        ``concept``: one row for every trajectory, or one per trajectory. The model is the one being
+        edited, or the frozen one with ``sampler="frozen"`` (or ``frozen``). The noise comes from
+        ``generator`` [the trainer's]."""
         c = self.config
         x = self.processes.shard(self._noise(generator)).to(self.device) * self.scheduler.init_noise_sigma
         b = x.shape[0]
@@ -274,13 +277,9 @@ class _Trainer:
         """The ESD loss of concept ``k`` on a fresh x_t (plus its preservation and robust terms)."""
         c = self.config
         # 1. x_t at a random point of the concept's trajectory (each row's in its concept template)
-        b = self.latent_shape[0]
-        if self.concepts_in is None:
-            concept, key = self.concepts.index([k] * b), k
-        else:  # trajectories kept for reuse are told apart by the template their row 0 starts in
-            n = len(c.concept_templates)
-            concept, key = self.concepts_in.index(self._turns(k, b, n)), k * n + self.step * b % n
-        x, t = self._draw_x_t(key, concept)
+        b, n = self.latent_shape[0], len(c.concept_templates)
+        concept = self.erased.index(self._turns(k, b, n))
+        x, t = self._draw_x_t(k * n + self.step * b % n, concept)  # reused trajectories: one per template of row 0
         n_keep = len(c.preserve) if self.preserve is not None and c.preserve_on != "own" else 0
 
         # 2. frozen predictions: unconditional, concept, and each preserved prompt, in one batch
