@@ -22,7 +22,7 @@ import json
 from pathlib import Path
 
 from multi_concept_reeval import wilson
-from robust_seeds import figures, goals, meets, sources_args
+from robust_seeds import average, figures, goals, meets, sources_args
 
 
 def rescored(eval_dir: Path) -> dict:
@@ -68,7 +68,7 @@ def summary(seeds: dict[int, dict]) -> dict:
         met = sum(meets(r) for r in rows)
         out[key] = {"met": met, "of": len(rows), "met_interval": wilson(met, len(rows)),
                     "met_each": {g: sum(goals(r)[g] for r in rows) for g in ("asr", "erased", "kept")},
-                    "mean": {k: sum(r[k] for r in rows) / len(rows) for k in ("erased", "inversion", "embedding", "kept_drop")},
+                    "mean": average(rows),
                     "min_control": min(r["controls"] for r in rows)}
     return out
 

@@ -110,12 +110,16 @@ def lowers(plain: dict, robust: dict) -> bool:
     return all(robust[a] < plain[a] for a in ("inversion", "embedding"))
 
 
+def average(rows: list[dict]) -> dict:
+    """The mean of each rate over ``rows`` of figures."""
+    return {k: sum(r[k] for r in rows) / len(rows) for k in ("erased", "inversion", "embedding", "kept_drop")}
+
+
 def summary(seeds: dict[int, dict[str, dict]]) -> dict:
     both = sorted(s for s, v in seeds.items() if {"plain", "robust"} <= set(v))
     robust = [seeds[s]["robust"] for s in sorted(seeds) if "robust" in seeds[s]]
     met = sum(meets(r) for r in robust)
     lower = sum(lowers(seeds[s]["plain"], seeds[s]["robust"]) for s in both)
-    average = lambda rows: {k: sum(r[k] for r in rows) / len(rows) for k in ("erased", "inversion", "embedding", "kept_drop")}  # noqa: E731
     mean = {name: average([seeds[s][name] for s in both]) for name in ("plain", "robust")} if both else {}
     each = {g: sum(goals(r)[g] for r in robust) for g in ("asr", "erased", "kept")}
     # The two goals no attack is needed for (plain prompts, kept shapes), for both variants: what ESD itself manages.
