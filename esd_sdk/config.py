@@ -82,12 +82,14 @@ class EraseConfig:
     preserve_on: str = "concept"
     # Prompts the concepts are erased in, "{}" standing for each (["{}"]: the concepts as given, the paper).
     # Several ("a photo of {}", "a painting of {}"): row i of step s is sampled, and its concept held to the
-    # negatively guided target, in template (s * b + i) mod T: the same cost a step.
+    # negatively guided target, in template (s * b + i) mod T: the same cost a step. On the toy (robust ESD-all
+    # in the eval's colours, seeds 0 and 7) it moved which seed misses (README *Red-teaming*): default "{}".
     concept_templates: list[str] = field(default_factory=lambda: ["{}"])
     # Prompts the preserved concepts are held in, "{}" standing for each (["{}"]: the prompts as given).
     # Several ("a photo of {}", "a painting of {}"): each row of a step holds every preserved concept in
     # one template in turn (row i of step s: template (s * b + i) mod T), so the cost per step stays the
-    # same. For holding kept concepts in the contexts they are generated in (README *Red-teaming*).
+    # same. On the toy (seeds 0, 5, 6, 9) the kept shapes held in the eval's colours held, and the attacks came
+    # back at three seeds (README *Red-teaming*): default "{}".
     preserve_templates: list[str] = field(default_factory=lambda: ["{}"])
     precision: str = "fp32"  # fp32 | bf16 | fp16 autocast; master weights stay fp32
     gradient_checkpointing: bool | None = None  # None: on for CUDA, off on CPU
