@@ -16,7 +16,7 @@ Every error is an `EsdError` (see `esd_sdk.errors`); each is re-exported here.
 from .artifact import load_edited_unet, load_manifest
 from .config import EraseConfig
 from .delta import apply_delta
-from .training import EraseResult, erase
+from .training import EraseResult, StepEnd, erase
 from .errors import (
     AttackError,
     ConfigError,
@@ -67,7 +67,7 @@ __all__ = [
     "BaseModel", "DEFAULT_MODEL", "GenerationConfig", "load_base", "generate", "image_grid", "toy_model_path",
     "weights_hash",
     # erase and its artifact
-    "EraseConfig", "EraseResult", "erase", "apply_delta", "load_edited_unet", "load_manifest",
+    "EraseConfig", "EraseResult", "StepEnd", "erase", "apply_delta", "load_edited_unet", "load_manifest",
     # ship and serve
     "export", "open_pipeline",
     # errors

@@ -45,6 +45,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -101,6 +102,25 @@ class EraseResult:
     @property
     def seconds(self) -> float:
         return self.state.seconds
+
+
+@dataclass(frozen=True)
+class StepEnd:
+    """What ``callback_on_step_end`` is given after each training step (on every process).
+
+    ``trained`` are the live trained tensors (fp32 masters, by name as in ``unet.named_parameters()``):
+    copy what you keep, since the next step changes them. ``unet`` is the model being trained (in a
+    bf16/fp16 run its frozen layers are stored in that precision until training ends). Raise ``KeyboardInterrupt`` from the
+    callback to stop after this step as Ctrl-C does: a checkpoint is written when there is an output
+    directory, `EraseInterrupted` is raised, and ``resume=True`` continues exactly.
+    """
+
+    step: int  # steps done, 1..steps
+    steps: int
+    loss: float
+    seconds: float  # since training started (this run, not counting a resumed run's earlier part)
+    unet: torch.nn.Module
+    trained: dict[str, torch.nn.Parameter]
 
 
 class _LowPrecisionFrozen:
@@ -539,7 +559,8 @@ class _Adversary:
 
 def train(base: BaseModel, config: EraseConfig, device: str | torch.device | None = None,
           checkpoint_dir: Path | None = None, resume: bool = False, progress: bool = True,
-          inplace: bool = False, processes: Processes | None = None) -> EraseState:
+          inplace: bool = False, processes: Processes | None = None,
+          callback_on_step_end: Callable[[StepEnd], None] | None = None) -> EraseState:
     """Run the ESD optimisation and return the edited state.
 
     ``base.unet`` is left as it was: training runs on a copy, unless ``inplace=True`` (saves one
@@ -547,7 +568,8 @@ def train(base: BaseModel, config: EraseConfig, device: str | torch.device | Non
     ``checkpoint_dir``, a resumable checkpoint is written every ``config.checkpoint_every`` steps
     and on Ctrl-C or SIGTERM (at the end of the step); ``resume=True`` continues from it exactly.
     Under a launcher (``processes``, by default from the environment), each process trains on its
-    slice of the global batch and rank 0 writes the checkpoints.
+    slice of the global batch and rank 0 writes the checkpoints. ``callback_on_step_end`` is called
+    with a `StepEnd` after every step (progress for a service, snapshots, an early stop).
     """
     from tqdm.auto import tqdm
 
@@ -573,6 +595,9 @@ def train(base: BaseModel, config: EraseConfig, device: str | torch.device | Non
                 loss = trainer.train_step()
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.4g}")
+                if callback_on_step_end is not None:
+                    callback_on_step_end(StepEnd(trainer.step, config.steps, loss, time.perf_counter() - t0,
+                                                 trainer.unet, dict(trainer.trained)))
                 if trainer.stop:
                     raise KeyboardInterrupt
                 if config.checkpoint_every and trainer.step % config.checkpoint_every == 0 and trainer.step < config.steps:
@@ -601,7 +626,7 @@ def train(base: BaseModel, config: EraseConfig, device: str | torch.device | Non
 def erase(model: str | Path | BaseModel, concepts: str | list[str] | None = None, method: str = "x",
           out: str | Path | None = None, *, config: EraseConfig | None = None, overwrite: bool = False,
           resume: bool = False, device: str | None = None, progress: bool = True, inplace: bool = False,
-          **overrides) -> EraseResult:
+          callback_on_step_end: Callable[[StepEnd], None] | None = None, **overrides) -> EraseResult:
     """Erase ``concepts`` from ``model`` with ESD and, with ``out``, write the erase output directory.
 
         >>> result = esd_sdk.erase("toy", "circle", method="u", out="erased-circle")
@@ -617,6 +642,9 @@ def erase(model: str | Path | BaseModel, concepts: str | list[str] | None = None
         overwrite, resume: replace an existing ``out``; continue an interrupted run from its checkpoint.
         device: torch device (default: cuda if available).
         inplace: train ``model.unet`` itself instead of a copy (saves memory; the base is then edited).
+        callback_on_step_end: called with a `StepEnd` (step, steps, loss, seconds, unet, trained
+            tensors) after every step, e.g. to report progress from a service; raise
+            ``KeyboardInterrupt`` in it to stop with a resumable checkpoint.
         **overrides: any `EraseConfig` setting (steps=, lr=, negative_guidance=, preserve=, ...). The
             others take the model's defaults (`EraseConfig.for_model`): the paper's, or the toy world's.
 
@@ -637,7 +665,7 @@ def erase(model: str | Path | BaseModel, concepts: str | list[str] | None = None
     config = (config or EraseConfig.for_model(base, concepts, method, **overrides)).validate()
     ckpt = partial_dir(out) / CHECKPOINT_DIR if out is not None else None
     state = train(base, config, device=device, checkpoint_dir=ckpt, resume=resume, progress=progress, inplace=inplace,
-                  processes=processes)
+                  processes=processes, callback_on_step_end=callback_on_step_end)
     if out is None:
         return EraseResult(state)
     manifest = write_artifact(out, base, state, overwrite=overwrite) if processes.is_main else None

@@ -19,7 +19,7 @@ FEW = GenerationConfig(num_inference_steps=3, guidance_scale=5.0)
 def test_one_import_path_for_the_whole_api():
     import esd_sdk.errors as errors
 
-    for name in ("erase", "EraseConfig", "EraseResult", "export", "open_pipeline", "load_base", "generate",
+    for name in ("erase", "EraseConfig", "EraseResult", "StepEnd", "export", "open_pipeline", "load_base", "generate",
                  "image_grid", "apply_delta"):
         assert getattr(esd_sdk, name) is not None and name in esd_sdk.__all__
     classes = [v for v in vars(errors).values() if isinstance(v, type) and issubclass(v, errors.EsdError)]

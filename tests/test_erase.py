@@ -122,6 +122,42 @@ def test_interrupt_saves_and_resume_continues_exactly(tiny_sd, tmp_path, monkeyp
     assert all(torch.equal(a[n], b[n]) for n in a)
 
 
+def test_step_callback_sees_each_steps_weights_and_loss(tiny_sd):
+    config = dict(concepts=["circle"], method="x", steps=5, lr=1e-3, ddim_steps=6)
+    seen, snapshot = [], {}
+
+    def callback(end):
+        seen.append((end.step, end.steps, end.loss))
+        if end.step == 3:
+            snapshot.update({n: p.detach().clone() for n, p in end.trained.items()})
+            assert all(p is dict(end.unet.named_parameters())[n] for n, p in end.trained.items())
+
+    result = erase(tiny_sd, config=EraseConfig(**config), progress=False, callback_on_step_end=callback)
+    assert seen == [(i + 1, 5, loss) for i, loss in enumerate(result.losses)]
+    # with a constant lr, step 3 of 5 is where a 3-step erase ends
+    three = _params(erase(tiny_sd, config=EraseConfig(**{**config, "steps": 3}), progress=False).unet)
+    assert set(snapshot) == set(result.state.original) and all(torch.equal(snapshot[n], three[n]) for n in snapshot)
+    assert not all(torch.equal(snapshot[n], p) for n, p in _params(result.unet).items() if n in snapshot)
+
+
+def test_keyboard_interrupt_from_the_callback_stops_with_a_resumable_checkpoint(tiny_sd, tmp_path):
+    config = dict(concepts=["circle"], method="x", steps=5, lr=1e-3, ddim_steps=6)
+    straight = train(load_base(tiny_sd), EraseConfig(**config), progress=False)
+
+    def stop_at_2(end):
+        if end.step == 2:
+            raise KeyboardInterrupt
+
+    out = tmp_path / "edit"
+    with pytest.raises(EraseInterrupted, match="step 2/5.*--resume"):
+        erase(tiny_sd, out=out, config=EraseConfig(**config), progress=False, callback_on_step_end=stop_at_2)
+    assert not out.exists()
+    resumed = erase(tiny_sd, out=out, config=EraseConfig(**config), resume=True, progress=False)
+    assert resumed.state.losses == straight.losses
+    a, b = _params(straight.unet), _params(resumed.unet)
+    assert all(torch.equal(a[n], b[n]) for n in a)
+
+
 def test_resume_refuses_changed_settings(tiny_sd, tmp_path, monkeypatch):
     out = tmp_path / "edit"
     _interrupt_at(monkeypatch, 2)

@@ -1,0 +1,107 @@
+"""How a robust erase moves during its robust phase: the edit at several steps of one run, each scored.
+
+    OMP_NUM_THREADS=1 python benchmarks/robust_checkpoints.py --seed 8 --at 60 70 80 90 100 \
+        --preserve square --preserve triangle --preserve cross --method all \
+        --set 'robust_templates=["a red {}", "a green {}", "a blue {}", "a yellow {}"]' \
+        --out benchmarks/results/robust_toy/checkpoints/s8
+
+One robust erase of the toy "circle" (the settings of robust_toy.py's robust variant) is run once;
+`esd_sdk.erase`'s ``callback_on_step_end`` copies the trained tensors at each step of ``--at``, and
+each copy is written as an erase output of its own (OUT/steps/stepN) and scored as robust_toy.py
+scores an edit: plain prompts, kept concepts, and the inversion and embedding attacks (same seeds
+for every step). The last step's row is the erase robust_toy.py would have scored. It answers
+whether a late checkpoint would meet the goals where the last does not, i.e. whether picking a
+checkpoint by a validation attack could make robust ESD reliable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import json
+from pathlib import Path
+
+import torch
+
+import esd_sdk
+from esd_sdk.artifact import write_artifact
+from esd_sdk.attack import run_attacks
+from esd_sdk.evaluate import evaluate
+from robust_seeds import GOALS, goals
+from toy_erasure import setting, toy_base
+
+
+def snapshots(base, at: list[int], out: Path, settings: dict) -> tuple[dict[int, Path], esd_sdk.EraseResult]:
+    """Erase once, writing the edit at each step of ``at`` to OUT/steps/stepN; returns those directories."""
+    kept: dict[int, dict[str, torch.Tensor]] = {}
+
+    def keep(end: esd_sdk.StepEnd) -> None:
+        if end.step in at:
+            kept[end.step] = {n: p.detach().clone() for n, p in end.trained.items()}
+
+    result = esd_sdk.erase(base, "circle", progress=False, robust=True, callback_on_step_end=keep, **settings)
+    dirs = {}
+    for step, tensors in sorted(kept.items()):
+        unet = copy.deepcopy(result.unet)
+        with torch.no_grad():
+            params = dict(unet.named_parameters())
+            for n, value in tensors.items():
+                params[n].copy_(value)
+        dirs[step] = out / "steps" / f"step{step}"
+        write_artifact(dirs[step], base, dataclasses.replace(result.state, unet=unet, step=step), overwrite=True)
+    return dirs, result
+
+
+def score(base, edit: Path, n: int) -> dict:
+    report = evaluate(edit, n=n, update=False, base_model=base)
+    attacks = run_attacks(edit, n=n, update=False, progress=False, base_model=base).summary()
+    s = report.summary()
+    row = {"erased": s["erased"], "inversion": attacks["inversion"]["asr"], "embedding": attacks["embedding"]["asr"],
+           "controls": min(attacks["inversion"]["control"], attacks["embedding"]["control"]),
+           "kept_drop": s["max_kept_drop"]}
+    return {**row, "meets": all(goals(row).values())}
+
+
+def markdown(data: dict) -> str:
+    pct = lambda v: f"{100 * v:.1f}"  # noqa: E731
+    lines = [f"# Robust erase of \"circle\" at seed {data['seed']}, scored at {len(data['rows'])} of its steps", "",
+             f"{data['n']} images a prompt; goals: both attacks <= {pct(GOALS['asr'])}%, plain prompts <= "
+             f"{pct(GOALS['erased'])}%, every kept concept within {pct(GOALS['kept_drop'])} points.", "",
+             "| step | plain prompts % | inversion ASR % | embedding ASR % | controls % | max kept drop (pts) | every goal |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for step, r in data["rows"].items():
+        lines.append(f"| {step} | {pct(r['erased'])} | {pct(r['inversion'])} | {pct(r['embedding'])} | "
+                     f"{pct(r['controls'])} | {pct(r['kept_drop'])} | {'yes' if r['meets'] else 'no'} |")
+    lines += ["", f"Settings: `{json.dumps(data['settings'])}`", ""]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seed", type=int, default=0, help="the erase's seed [0]")
+    parser.add_argument("--at", type=int, nargs="+", required=True, help="the steps to score, e.g. 60 70 80 90 100")
+    parser.add_argument("--method", default="u", help="ESD method [u]")
+    parser.add_argument("--preserve", action="append", default=[], help="prompt to preserve (repeatable)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", type=setting,
+                        help="an EraseConfig override, e.g. steps=120 (repeatable)")
+    parser.add_argument("-n", type=int, default=8, help="images per prompt [8]")
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    settings = {"method": args.method, "seed": args.seed, **({"preserve": args.preserve} if args.preserve else {}),
+                **dict(args.set)}
+    base = toy_base()
+    steps = esd_sdk.EraseConfig.for_model(base, "circle", **settings).steps
+    bad = [s for s in args.at if not 1 <= s <= steps]
+    if bad:
+        parser.error(f"--at {bad[0]} is not a step of this {steps}-step erase: give steps from 1 to {steps}")
+    dirs, result = snapshots(base, sorted(set(args.at)), args.out, settings)
+    data = {"seed": args.seed, "n": args.n, "settings": result.config.to_dict(),
+            "rows": {step: score(base, d, args.n) for step, d in dirs.items()}}
+    (args.out / "checkpoints.json").write_text(json.dumps(data, indent=2) + "\n")
+    (args.out / "checkpoints.md").write_text(markdown(data))
+    print(markdown(data))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,54 @@
+"""benchmarks/robust_checkpoints.py: the edit at step k of one robust erase is exactly what a k-step
+erase of the same settings writes (with the inner attack from step 0, nothing else depends on the
+length of the run), and the last step is the erase itself."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+from esd_sdk.delta import compute_delta, read_delta
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def robust_checkpoints(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    spec = importlib.util.spec_from_file_location("robust_checkpoints", ROOT / "benchmarks" / "robust_checkpoints.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_each_snapshot_is_the_erase_of_that_many_steps(robust_checkpoints, tmp_path):
+    import esd_sdk
+    from toy_erasure import toy_base
+
+    base = toy_base()
+    settings = dict(method="u", seed=3, steps=4, robust_start=0.0, robust_attack_steps=2, robust_images=2, robust_batch=2,
+                    batch_size=2, preserve=["square"])
+    dirs, result = robust_checkpoints.snapshots(base, [2, 4], tmp_path, settings)
+    assert sorted(dirs) == [2, 4]
+    short = esd_sdk.erase(base, "circle", robust=True, progress=False, out=tmp_path / "two",
+                          **{**settings, "steps": 2})
+    final = compute_delta(dict(result.unet.named_parameters()), result.state.original)
+    for got, want in ((read_delta(dirs[2])[0], read_delta(tmp_path / "two")[0]), (read_delta(dirs[4])[0], final)):
+        assert set(got) == set(want) and all(torch.equal(got[n], want[n]) for n in want)
+    two, four = read_delta(dirs[2])[0], final
+    assert any(not torch.equal(two[n], four[n]) for n in two)  # the snapshots are not one tensor twice
+    assert short.state.losses == result.state.losses[:2]
+
+
+def test_markdown_marks_the_steps_that_meet_every_goal(robust_checkpoints):
+    row = lambda erased, inv, emb, kept: {"erased": erased, "inversion": inv, "embedding": emb,  # noqa: E731
+                                          "controls": 1.0, "kept_drop": kept}
+    rows = {90: row(0.0, 0.05, 0.0, 0.03), 100: row(0.0, 0.0625, 0.0, 0.0)}
+    for r in rows.values():
+        r["meets"] = all(robust_checkpoints.goals(r).values())
+    text = robust_checkpoints.markdown({"seed": 8, "n": 8, "settings": {}, "rows": rows})
+    assert "| 90 | 0.0 | 5.0 | 0.0 | 100.0 | 3.0 | yes |" in text
+    assert "| 100 | 0.0 | 6.2 | 0.0 | 100.0 | 0.0 | no |" in text
