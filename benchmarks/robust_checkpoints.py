@@ -26,9 +26,8 @@ import torch
 
 import esd_sdk
 from esd_sdk.artifact import write_artifact
-from esd_sdk.attack import run_attacks
-from esd_sdk.evaluate import evaluate
-from robust_seeds import GOALS, goals
+from robust_seeds import GOALS, figures, meets
+from robust_toy import scored
 from toy_erasure import setting, toy_base
 
 
@@ -41,11 +40,11 @@ def snapshots(base, at: list[int], out: Path, settings: dict) -> tuple[dict[int,
             kept[end.step] = {n: p.detach().clone() for n, p in end.trained.items()}
 
     result = esd_sdk.erase(base, "circle", progress=False, robust=True, callback_on_step_end=keep, **settings)
+    unet = copy.deepcopy(result.unet)  # one copy, given each step's tensors in turn
+    params = dict(unet.named_parameters())
     dirs = {}
     for step, tensors in sorted(kept.items()):
-        unet = copy.deepcopy(result.unet)
         with torch.no_grad():
-            params = dict(unet.named_parameters())
             for n, value in tensors.items():
                 params[n].copy_(value)
         dirs[step] = out / "steps" / f"step{step}"
@@ -54,13 +53,9 @@ def snapshots(base, at: list[int], out: Path, settings: dict) -> tuple[dict[int,
 
 
 def score(base, edit: Path, n: int) -> dict:
-    report = evaluate(edit, n=n, update=False, base_model=base)
-    attacks = run_attacks(edit, n=n, update=False, progress=False, base_model=base).summary()
-    s = report.summary()
-    row = {"erased": s["erased"], "inversion": attacks["inversion"]["asr"], "embedding": attacks["embedding"]["asr"],
-           "controls": min(attacks["inversion"]["control"], attacks["embedding"]["control"]),
-           "kept_drop": s["max_kept_drop"]}
-    return {**row, "meets": all(goals(row).values())}
+    """The figures robust_seeds.py tabulates for one edit, and whether they meet every goal."""
+    row = figures(scored(edit, base, n))
+    return {**row, "meets": meets(row)}
 
 
 def markdown(data: dict) -> str:

@@ -65,6 +65,15 @@ def shared_settings(concept: str, args) -> dict:
     return {**keep, **args.set}
 
 
+def scored(edit: Path, base, n: int) -> dict:
+    """One edit scored as every row here is: the eval (plain prompts, kept concepts) and both attacks, seed 0."""
+    report = evaluate(edit, n=n, update=False, base_model=base)
+    attacks = run_attacks(edit, n=n, update=False, progress=False, base_model=base)
+    s = report.summary()
+    return {"erased": s["erased"], "erased_base": s["erased_base"], "kept": s["kept"], "max_kept_drop": s["max_kept_drop"],
+            "attacks": attacks.summary(), "kept_drops": {r.key: r.drop for r in report.rows if r.prompt_set == "kept"}}
+
+
 def one(base, concept: str, method: str, work: Path, args) -> dict:
     robust = {k: v for k, v in dict(robust_tokens=args.robust_tokens, robust_attack_steps=args.robust_attack_steps,
                                     robust_every=args.robust_every).items() if v is not None}
@@ -76,16 +85,10 @@ def one(base, concept: str, method: str, work: Path, args) -> dict:
         t0 = time.perf_counter()
         result = esd_sdk.erase(base, concept, method=method, out=out, overwrite=True, progress=False, **extra)
         seconds = time.perf_counter() - t0
-        report = evaluate(out, n=args.n, update=False, base_model=base)
-        attacks = run_attacks(out, n=args.n, update=False, progress=False, base_model=base)
-        s = report.summary()
         row[name] = {"erase_seconds": round(seconds, 1), "training_seconds": round(result.seconds, 1),
-                     "erased": s["erased"], "erased_base": s["erased_base"], "kept": s["kept"],
-                     "max_kept_drop": s["max_kept_drop"], "attacks": attacks.summary(),
-                     "kept_drops": {r.key: r.drop for r in report.rows if r.prompt_set == "kept"},
-                     "config": result.config.to_dict()}
-        print(f"{concept} {name}: {json.dumps(row[name]['attacks'])} erased {s['erased']} kept drop "
-              f"{s['max_kept_drop']} in {seconds:.0f}s", flush=True)
+                     **scored(out, base, args.n), "config": result.config.to_dict()}
+        print(f"{concept} {name}: {json.dumps(row[name]['attacks'])} erased {row[name]['erased']} kept drop "
+              f"{row[name]['max_kept_drop']} in {seconds:.0f}s", flush=True)
     if len(args.variants) == 2:
         row["time_ratio"] = row["robust"]["training_seconds"] / row["plain"]["training_seconds"]
     return row

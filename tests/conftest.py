@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -22,6 +24,22 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     # `make test` runs two pytest-xdist workers on the two-core CI machine: one torch thread each
     # (two threads each would oversubscribe the cores and slow both down).
     torch.set_num_threads(1)
+
+
+@pytest.fixture
+def benchmark_module(monkeypatch):
+    """Import a script of benchmarks/ by name, with its siblings (toy_erasure, robust_seeds ...) importable."""
+    root = Path(__file__).resolve().parents[1] / "benchmarks"
+    monkeypatch.syspath_prepend(str(root))
+
+    def load(name: str):
+        spec = importlib.util.spec_from_file_location(name, root / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        monkeypatch.setitem(sys.modules, name, module)  # dataclasses look their module up there
+        spec.loader.exec_module(module)
+        return module
+
+    return load
 
 
 @pytest.fixture(scope="session")

@@ -130,7 +130,8 @@ def test_step_callback_sees_each_steps_weights_and_loss(tiny_sd):
         seen.append((end.step, end.steps, end.loss))
         if end.step == 3:
             snapshot.update({n: p.detach().clone() for n, p in end.trained.items()})
-            assert all(p is dict(end.unet.named_parameters())[n] for n, p in end.trained.items())
+            live = dict(end.unet.named_parameters())
+            assert all(p is live[n] for n, p in end.trained.items())
 
     result = erase(tiny_sd, config=EraseConfig(**config), progress=False, callback_on_step_end=callback)
     assert seen == [(i + 1, 5, loss) for i, loss in enumerate(result.losses)]

@@ -3,22 +3,14 @@ reports, applies the toy goals at their exact thresholds, and refuses reports of
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
 @pytest.fixture
-def robust_seeds(monkeypatch):
-    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))  # its sibling multi_concept_reeval (the Wilson interval)
-    spec = importlib.util.spec_from_file_location("robust_seeds", ROOT / "benchmarks" / "robust_seeds.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def robust_seeds(benchmark_module):
+    return benchmark_module("robust_seeds")
 
 
 def _variant(erased, inversion, embedding, kept_drop):
@@ -138,12 +130,9 @@ def test_one_preserve_list_across_the_rows(robust_seeds, tmp_path):
     assert "| mean of 1 | n/a | 0.0% / 10.0% / 0.0% / 0.0 pts | | |" in text  # the robust rows' own mean
 
 
-def test_timing_variants_take_json_lists(monkeypatch):
+def test_timing_variants_take_json_lists(benchmark_module):
     """robust_toy --timing: a ,KEY=VALUE override may be a JSON list whose items hold commas."""
-    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
-    spec = importlib.util.spec_from_file_location("robust_toy", ROOT / "benchmarks" / "robust_toy.py")
-    robust_toy = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(robust_toy)
+    robust_toy = benchmark_module("robust_toy")
     name, settings = robust_toy.timing_spec('1x10@0.5,robust_templates=["a red {}", "a green, bright {}"],robust_images=4')
     assert settings == {"robust": True, "robust_every": 1, "robust_attack_steps": 10, "robust_start": 0.5,
                         "robust_templates": ["a red {}", "a green, bright {}"], "robust_images": 4}
@@ -151,12 +140,8 @@ def test_timing_variants_take_json_lists(monkeypatch):
 
 
 @pytest.fixture
-def rescore_seeds(monkeypatch):
-    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))  # its siblings robust_seeds and multi_concept_reeval
-    spec = importlib.util.spec_from_file_location("rescore_seeds", ROOT / "benchmarks" / "rescore_seeds.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def rescore_seeds(benchmark_module):
+    return benchmark_module("rescore_seeds")
 
 
 def _scored_again(path: Path, erased: float, inversion: float, embedding: float, kept_drop: float) -> str:
