@@ -11,7 +11,9 @@ each copy is written as an erase output of its own (OUT/steps/stepN) and scored 
 scores an edit: plain prompts, kept concepts, and the inversion and embedding attacks (same seeds
 for every step). The last step's row is the erase robust_toy.py would have scored. It answers
 whether a late checkpoint would meet the goals where the last does not, i.e. whether picking a
-checkpoint by a validation attack could make robust ESD reliable.
+checkpoint by a validation attack could make robust ESD reliable. ``--average-from S`` also scores the
+mean of the trained tensors over steps S to the last (tail or stochastic weight averaging), written as
+OUT/steps/meanS: whether averaging the swings of the robust phase holds better than its last step.
 """
 
 from __future__ import annotations
@@ -31,24 +33,39 @@ from robust_toy import scored
 from toy_erasure import setting, toy_base
 
 
-def snapshots(base, at: list[int], out: Path, settings: dict) -> tuple[dict[int, Path], esd_sdk.EraseResult]:
-    """Erase once, writing the edit at each step of ``at`` to OUT/steps/stepN; returns those directories."""
-    kept: dict[int, dict[str, torch.Tensor]] = {}
+def snapshots(base, at: list[int], out: Path, settings: dict,
+              average_from: list[int] = ()) -> tuple[dict[int | str, Path], esd_sdk.EraseResult]:
+    """Erase once, writing the edit at each step of ``at`` to OUT/steps/stepN and, for each S of
+    ``average_from``, the mean of the trained tensors over steps S to the last to OUT/steps/meanS
+    (keyed "mean S-LAST"); returns those directories."""
+    kept: dict[int | str, dict[str, torch.Tensor]] = {}
+    sums: dict[int, dict[str, torch.Tensor]] = {}
 
     def keep(end: esd_sdk.StepEnd) -> None:
         if end.step in at:
             kept[end.step] = {n: p.detach().clone() for n, p in end.trained.items()}
+        for start in (s for s in average_from if end.step >= s):
+            total = sums.setdefault(start, {n: torch.zeros_like(p, dtype=torch.float64) for n, p in end.trained.items()})
+            for n, p in end.trained.items():
+                total[n] += p.detach()
 
     result = esd_sdk.erase(base, "circle", progress=False, robust=True, callback_on_step_end=keep, **settings)
-    unet = copy.deepcopy(result.unet)  # one copy, given each step's tensors in turn
+    last = result.state.step
+    names = {step: f"step{step}" for step in kept}
+    for start, total in sorted(sums.items()):
+        key = f"mean {start}-{last}"
+        kept[key] = {n: t / (last - start + 1) for n, t in total.items()}  # copy_ casts back to fp32
+        names[key] = f"mean{start}"
+    unet = copy.deepcopy(result.unet)  # one copy, given each snapshot's tensors in turn
     params = dict(unet.named_parameters())
     dirs = {}
-    for step, tensors in sorted(kept.items()):
+    for key, tensors in kept.items():
         with torch.no_grad():
             for n, value in tensors.items():
                 params[n].copy_(value)
-        dirs[step] = out / "steps" / f"step{step}"
-        write_artifact(dirs[step], base, dataclasses.replace(result.state, unet=unet, step=step), overwrite=True)
+        dirs[key] = out / "steps" / names[key]
+        write_artifact(dirs[key], base, dataclasses.replace(result.state, unet=unet, step=last if isinstance(key, str) else key),
+                       overwrite=True)
     return dirs, result
 
 
@@ -75,7 +92,9 @@ def markdown(data: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seed", type=int, default=0, help="the erase's seed [0]")
-    parser.add_argument("--at", type=int, nargs="+", required=True, help="the steps to score, e.g. 60 70 80 90 100")
+    parser.add_argument("--at", type=int, nargs="+", default=[], help="the steps to score, e.g. 60 70 80 90 100")
+    parser.add_argument("--average-from", type=int, nargs="+", default=[], metavar="S",
+                        help="also score the mean of the trained tensors over steps S to the last, e.g. 60 80")
     parser.add_argument("--method", default="u", help="ESD method [u]")
     parser.add_argument("--preserve", action="append", default=[], help="prompt to preserve (repeatable)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", type=setting,
@@ -87,10 +106,13 @@ def main() -> None:
                 **dict(args.set)}
     base = toy_base()
     steps = esd_sdk.EraseConfig.for_model(base, "circle", **settings).steps
-    bad = [s for s in args.at if not 1 <= s <= steps]
-    if bad:
-        parser.error(f"--at {bad[0]} is not a step of this {steps}-step erase: give steps from 1 to {steps}")
-    dirs, result = snapshots(base, sorted(set(args.at)), args.out, settings)
+    for flag, given in (("--at", args.at), ("--average-from", args.average_from)):
+        bad = [s for s in given if not 1 <= s <= steps]
+        if bad:
+            parser.error(f"{flag} {bad[0]} is not a step of this {steps}-step erase: give steps from 1 to {steps}")
+    if not args.at and not args.average_from:
+        parser.error("nothing to score: give --at STEP... and/or --average-from STEP...")
+    dirs, result = snapshots(base, sorted(set(args.at)), args.out, settings, sorted(set(args.average_from)))
     data = {"seed": args.seed, "n": args.n, "settings": result.config.to_dict(),
             "rows": {step: score(base, d, args.n) for step, d in dirs.items()}}
     (args.out / "checkpoints.json").write_text(json.dumps(data, indent=2) + "\n")

@@ -8,6 +8,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from safetensors.torch import load_file
+
 from esd_sdk.delta import compute_delta, read_delta
 
 @pytest.fixture
@@ -43,3 +45,21 @@ def test_markdown_marks_the_steps_that_meet_every_goal(robust_checkpoints):
     text = robust_checkpoints.markdown({"seed": 8, "n": 8, "settings": {}, "rows": rows})
     assert "| 90 | 0.0 | 5.0 | 0.0 | 100.0 | 3.0 | yes |" in text
     assert "| 100 | 0.0 | 6.2 | 0.0 | 100.0 | 0.0 | no |" in text
+
+
+def test_the_tail_mean_is_the_mean_of_the_snapshots(robust_checkpoints, tmp_path):
+    from toy_erasure import toy_base
+
+    settings = dict(method="u", seed=3, steps=4, robust_start=0.0, robust_attack_steps=1, robust_images=2, robust_batch=2,
+                    batch_size=2)
+    dirs, _ = robust_checkpoints.snapshots(toy_base(), [2, 3, 4], tmp_path, settings, average_from=[2, 4])
+    assert sorted(map(str, dirs)) == ["2", "3", "4", "mean 2-4", "mean 4-4"]
+    weights = lambda d: load_file(str(d / "unet" / "diffusion_pytorch_model.safetensors"))  # noqa: E731
+    snap = {k: weights(dirs[k]) for k in (2, 3, 4)}
+    mean, last = weights(dirs["mean 2-4"]), weights(dirs["mean 4-4"])
+    trained = [n for n in snap[4] if not torch.equal(snap[2][n], snap[4][n])]
+    assert trained  # the snapshots differ where the erase trains
+    for n in snap[4]:
+        torch.testing.assert_close(mean[n], (snap[2][n] + snap[3][n] + snap[4][n]) / 3, rtol=0, atol=1e-6)
+        assert torch.equal(last[n], snap[4][n])  # a one-step mean is that step
+    assert any(not torch.allclose(mean[n], snap[4][n]) for n in trained)
