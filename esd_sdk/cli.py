@@ -132,7 +132,8 @@ Examples:
   esd-sdk erase --model toy --concept striped --method x --preserve dotted
   esd-sdk erase --model toy --concept circle --dry-run          # which tensors would train
   esd-sdk erase --model toy --concept circle --out erased-circle --resume   # after Ctrl-C
-  esd-sdk erase --model toy --concept circle --method u --robust             # survives embedding attacks
+  esd-sdk erase --model toy --concept circle --method all --robust --out robust-circle   # trained against an attack
+  esd-sdk attack robust-circle                                  # then measure what attacks bring back
 \b
 Methods: x (cross-attention, styles), u (all but cross-attention: objects, nudity),
 x-strict (attn2.to_k/to_v), self (self-attention), all, re:REGEX (your own selection).
@@ -424,7 +425,7 @@ Examples:
   esd-sdk attack erased-circle --attack embedding --steps 100 -n 4
   esd-sdk attack esd-van-gogh --prompts vangogh --clip-model models/clip-vit-large
   esd-sdk eval erased-circle --attack inversion --attack embedding
-  esd-sdk erase --model toy --concept circle --method u --robust   # an erase that survives them
+  esd-sdk erase --model toy --concept circle --method all --robust   # an erase trained against them
 """
 
 
