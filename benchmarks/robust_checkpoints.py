@@ -38,7 +38,7 @@ def snapshots(base, at: list[int], out: Path, settings: dict,
     """Erase once, writing the edit at each step of ``at`` to OUT/steps/stepN and, for each S of
     ``average_from``, the mean of the trained tensors over steps S to the last to OUT/steps/meanS
     (keyed "mean S-LAST"); returns those directories."""
-    kept: dict[int | str, dict[str, torch.Tensor]] = {}
+    kept: dict[int, dict[str, torch.Tensor]] = {}
     sums: dict[int, dict[str, torch.Tensor]] = {}
 
     def keep(end: esd_sdk.StepEnd) -> None:
@@ -51,21 +51,19 @@ def snapshots(base, at: list[int], out: Path, settings: dict,
 
     result = esd_sdk.erase(base, "circle", progress=False, robust=True, callback_on_step_end=keep, **settings)
     last = result.state.step
-    names = {step: f"step{step}" for step in kept}
+    # key -> (directory name, the step its artifact records, tensors); a mean records the last step
+    edits = {step: (f"step{step}", step, tensors) for step, tensors in sorted(kept.items())}
     for start, total in sorted(sums.items()):
-        key = f"mean {start}-{last}"
-        kept[key] = {n: t / (last - start + 1) for n, t in total.items()}  # copy_ casts back to fp32
-        names[key] = f"mean{start}"
-    unet = copy.deepcopy(result.unet)  # one copy, given each snapshot's tensors in turn
+        edits[f"mean {start}-{last}"] = (f"mean{start}", last, {n: t / (last - start + 1) for n, t in total.items()})
+    unet = copy.deepcopy(result.unet)  # one copy, given each edit's tensors in turn (copy_ casts to fp32)
     params = dict(unet.named_parameters())
     dirs = {}
-    for key, tensors in kept.items():
+    for key, (name, step, tensors) in edits.items():
         with torch.no_grad():
             for n, value in tensors.items():
                 params[n].copy_(value)
-        dirs[key] = out / "steps" / names[key]
-        write_artifact(dirs[key], base, dataclasses.replace(result.state, unet=unet, step=last if isinstance(key, str) else key),
-                       overwrite=True)
+        dirs[key] = out / "steps" / name
+        write_artifact(dirs[key], base, dataclasses.replace(result.state, unet=unet, step=step), overwrite=True)
     return dirs, result
 
 

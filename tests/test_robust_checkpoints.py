@@ -1,16 +1,16 @@
 """benchmarks/robust_checkpoints.py: the edit at step k of one robust erase is exactly what a k-step
 erase of the same settings writes (with the inner attack from step 0, nothing else depends on the
-length of the run), and the last step is the erase itself."""
+length of the run), the last step is the erase itself, and a tail mean (--average-from) is the mean
+of the snapshots it spans."""
 
 from __future__ import annotations
 
-
 import pytest
 import torch
-
 from safetensors.torch import load_file
 
 from esd_sdk.delta import compute_delta, read_delta
+
 
 @pytest.fixture
 def robust_checkpoints(benchmark_module):
