@@ -47,9 +47,8 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	# two pytest-xdist workers (whole files each, one torch thread each; OMP_WAIT_POLICY=PASSIVE: threads waiting at
-	# an OpenMP barrier sleep instead of spinning on the other worker's core): 10 min 54 s on an AMX Xeon VM at
-	# stop 23 (289 passed, 13 skipped; 13 min 57 s on an AMX Xeon VM at stop 22, before the shared toy erase and PASSIVE);
-	# 6 min 27 s on an AVX-512 EPYC VM at stop 26 (298 passed, 13 skipped); 6 min 33 s and 6 min 20 s at stop 27 (299 passed, 14 skipped: no chromium); 6 min 48 s and 6 min 19 s at stop 28 (302 passed, 13 skipped); 6 min 47 s and 6 min 33 s at stop 29 (302 passed, 13 skipped); 6 min 23 s and 6 min 45 s at stop 30 (303 passed, 13 skipped); 7 min 13 s and 6 min 57 s at stop 31 (311 passed, 13 skipped), 7 min 02 s after its review (312 passed); 6 min 27 s, 6 min 44 s and, after its review, 6 min 35 s at stop 32 (325, 326 and 326 passed, 13 skipped); 12 min 40 s at stop 33 with two toy erases running beside it and 6 min 45 s alone, 6 min 26 s after its review (330 passed, 13 skipped); 10 min 24 s at stop 34 with two toy erases beside it for most of it and 7 min 37 s alone after its review (331 passed, 13 skipped; this session's CPU was slower: plain toy ESD-all 71.6 s against 61.0 s at stop 33); 7 min 49 s alone at stop 35 (331 passed, 13 skipped)
+	# an OpenMP barrier sleep instead of spinning on the other worker's core). 6-8 minutes alone on a 2-core VM
+	# (7 min 49 s at stop 35: 331 passed, 13 skipped); the stop-by-stop timings are in the closing notes (`issues stops`).
 	OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m pytest -n 2 --dist loadfile
 
 clean:

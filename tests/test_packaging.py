@@ -12,14 +12,22 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def wheel(tmp_path_factory) -> Path:
+def built(tmp_path_factory) -> tuple[Path, str]:
+    """The wheel, and what building it printed."""
     out = tmp_path_factory.mktemp("dist")
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out), str(ROOT)],
-                   check=True, capture_output=True)
-    return next(out.glob("esd_sdk-*.whl"))
+    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out),
+                            str(ROOT)], check=True, capture_output=True, text=True)
+    return next(out.glob("esd_sdk-*.whl")), build.stdout + build.stderr
 
 
-def test_wheel_contents(wheel):
+def test_wheel_builds_without_setuptools_warnings(built):
+    # Every folder of package data (the toy model, the prompt sets, the review page) is a listed package:
+    # an unlisted one makes setuptools print a screenful of warnings per folder on every `make install`.
+    assert "absent from the `packages` configuration" not in built[1]
+
+
+def test_wheel_contents(built):
+    wheel = built[0]
     names = set(zipfile.ZipFile(wheel).namelist())
     for required in ("esd_sdk/__init__.py", "esd_sdk/export/__init__.py", "esd_sdk/serving/__init__.py",
                      "esd_sdk/py.typed", "esd_sdk/toy/model/model_index.json",
@@ -31,7 +39,8 @@ def test_wheel_contents(wheel):
     assert "esd-sdk = esd_sdk.cli:main" in zipfile.ZipFile(wheel).read(entry).decode()
 
 
-def test_installed_wheel_imports_and_runs(wheel, tmp_path):
+def test_installed_wheel_imports_and_runs(built, tmp_path):
+    wheel = built[0]
     target = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
                    check=True, capture_output=True)
