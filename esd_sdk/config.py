@@ -128,6 +128,12 @@ class EraseConfig:
     # toy (robust ESD-all, 10 seeds) templates in the attack's own contexts halve what inversion brings back
     # (9.1 -> 5.0%); other contexts do not help (README *Red-teaming*), so the default stays the word alone.
     robust_templates: list[str] = field(default_factory=lambda: ["{}"])
+    # Past adversarial words replayed, against a min-max game that circles (a late robust erase scored at
+    # steps 60-100 went 50 -> 31 -> 16 -> 44 -> 9% under inversion): every `robust_pool_every` robust steps
+    # the current word joins a pool of the last `robust_pool`; each step one of them in turn is held to the
+    # ESD target beside the current one (one more prompt in the step's batch). 0: no pool.
+    robust_pool: int = 0
+    robust_pool_every: int = 10
 
     def __post_init__(self):
         # Own copies, normalised: a list the caller passed is never aliased or changed.
@@ -195,7 +201,10 @@ class EraseConfig:
             raise ConfigError(f"lr schedule must be one of {', '.join(LR_SCHEDULES)}, got '{self.lr_schedule}'")
         if self.preserve_on not in PRESERVE_ON:
             raise ConfigError(f"preserve on must be one of {', '.join(PRESERVE_ON)}, got '{self.preserve_on}'")
-        for name in ("robust_tokens", "robust_attack_steps", "robust_every", "robust_images", "robust_batch"):
+        if self.robust_pool < 0:
+            raise ConfigError(f"robust pool must be >= 0 (0: no replayed adversarial words), got {self.robust_pool}")
+        for name in ("robust_tokens", "robust_attack_steps", "robust_every", "robust_images", "robust_batch",
+                     "robust_pool_every"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name.replace('_', ' ')} must be positive, got {getattr(self, name)}")
         if not self.robust_lr > 0 or self.robust_weight < 0:

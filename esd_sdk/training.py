@@ -316,14 +316,16 @@ class _Trainer:
         edit_parts = parts[1:]
         adversarial = self.adversary is not None and self.adversary.active(self.step)
         if adversarial:
-            edit_parts = edit_parts + [self.adversary.conditioning(k, self.step, x, t, e_c)]
+            replay = self.adversary.replayed(k, self.step, b)  # a past adversarial word (robust_pool), before the refresh
+            edit_parts = edit_parts + [self.adversary.conditioning(k, self.step, x, t, e_c)] + replay
         with _autocast(self.device, c.precision):
             pred = self._predict(x.repeat(len(edit_parts), 1, 1, 1), t, Conditioning.cat(edit_parts), frozen=False).float()
         loss = F.mse_loss(pred[:b], target)
         if n_keep:
             loss = loss + c.preserve_weight * F.mse_loss(pred[b:(1 + n_keep) * b], frozen[2 * b:])
         if adversarial:
-            loss = loss + c.robust_weight * F.mse_loss(pred[(1 + n_keep) * b:], target)
+            for i in range(1 + n_keep, len(edit_parts)):  # the current adversarial word, then a replayed one
+                loss = loss + c.robust_weight * F.mse_loss(pred[i * b:(i + 1) * b], target)
         return loss
 
     def _turns(self, j: int, b: int, n: int) -> list[int]:
@@ -492,6 +494,8 @@ class _Adversary:
             self.latents = [self._concept_latents(k) for k in range(len(trainer.concepts))]
         self.soft: dict = {}  # concept -> its adversarial SoftPrompt
         self.cond: dict[int, Conditioning] = {}  # concept -> that prompt encoded (until the next refresh)
+        self.pool: dict[int, list] = {}  # concept -> past adversarial SoftPrompts (robust_pool), oldest first
+        self.pool_cond: dict[int, list[Conditioning]] = {}  # the same, encoded (the text encoder is frozen)
 
     def _concept_latents(self, k: int) -> torch.Tensor:
         """``robust_images`` latents of concept ``k`` per template, sampled by the frozen model (CPU)."""
@@ -536,13 +540,36 @@ class _Adversary:
             with torch.no_grad():
                 self.cond[k] = self.soft[k].encode(self.target).to(self.trainer.device, torch.float32)
         b = x.shape[0]  # row i of step s takes template (s * b + i) mod T: every one in turn, even at batch size 1
-        return self.cond[k].index([(step * b + i) % len(self.templates) for i in range(b)])
+        return self.cond[k].index(self._rows(step, b))
+
+    def _rows(self, step: int, b: int) -> list[int]:
+        return [(step * b + i) % len(self.templates) for i in range(b)]
+
+    def replayed(self, k: int, step: int, b: int) -> list[Conditioning]:
+        """With ``robust_pool``: one past adversarial word of concept ``k`` for this step (the pool's
+        members in turn; none while the pool is empty), then, every ``robust_pool_every`` robust steps,
+        the current word joins the pool (the last ``robust_pool`` are kept). A list of zero or one."""
+        c = self.trainer.config
+        if not c.robust_pool:
+            return []
+        pool = self.pool.setdefault(k, [])
+        out = [self.pool_cond[k][step % len(pool)].index(self._rows(step, b))] if pool else []
+        if k in self.soft and (step - int(c.robust_start * c.steps)) % c.robust_pool_every == 0:
+            pool.append(self.soft[k].detach())
+            del pool[:-c.robust_pool]
+            with torch.no_grad():
+                self.pool_cond[k] = [p.encode(self.target).to(self.trainer.device, torch.float32) for p in pool]
+        return out
 
     def state(self) -> dict[str, torch.Tensor]:
         out = {"robust/generator": self.generator.get_state()}
         for k, soft in self.soft.items():
             for e, v in enumerate(soft.vectors):
                 out[f"robust/soft/{k}/{e}"] = v.cpu().contiguous()
+        for k, pool in self.pool.items():
+            for j, soft in enumerate(pool):
+                for e, v in enumerate(soft.vectors):
+                    out[f"robust/pool/{k}/{j}/{e}"] = v.cpu().contiguous()
         return out
 
     def load_state(self, tensors: dict[str, torch.Tensor]) -> None:
@@ -555,6 +582,16 @@ class _Adversary:
                        if f"robust/soft/{k}/{e}" in tensors]
             if vectors:
                 self.soft[k] = SoftPrompt(self.templates, vectors, [0] * len(self.templates))
+            pool = []
+            while f"robust/pool/{k}/{len(pool)}/0" in tensors:
+                j = len(pool)
+                pool.append(SoftPrompt(self.templates, [tensors[f"robust/pool/{k}/{j}/{e}"]
+                                                        for e in range(len(self.target.text_encoders))],
+                                       [0] * len(self.templates)))
+            if pool:
+                self.pool[k] = pool
+                with torch.no_grad():
+                    self.pool_cond[k] = [p.encode(self.target).to(self.trainer.device, torch.float32) for p in pool]
 
 
 def train(base: BaseModel, config: EraseConfig, device: str | torch.device | None = None,

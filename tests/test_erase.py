@@ -434,7 +434,42 @@ def test_the_match_objective_takes_one_template():
                     robust_templates=["a {}", "the {}"]).validate()
 
 
-@pytest.mark.parametrize("setting", ["robust_tokens", "robust_attack_steps", "robust_every", "robust_images", "robust_batch"])
+def test_robust_pool_replays_past_adversarial_words(tiny_sd, monkeypatch):
+    """robust_pool: every robust_pool_every robust steps the adversarial word joins a pool of the last
+    robust_pool; from then on each step also holds one pooled word (in turn), an extra prompt in the
+    trained batch, encoded as it was when it joined."""
+    conds = _edited_conditionings(monkeypatch)
+    config = EraseConfig(concepts=["circle"], method="x", **{**FAST, "steps": 7},
+                         **{**ROBUST, "robust_every": 1}, robust_pool=2, robust_pool_every=2)
+    state = train(load_base(tiny_sd), config, progress=False)
+    assert [c.shape[0] for c in conds] == [2, 2, 2, 3, 3, 3, 3]  # concept + adversarial; + a pooled word from step 3
+    # the word refreshed at step 1 joins the pool at step 2 (after that step's replay) and is replayed from
+    # step 3; step 3's joins at step 4; then the two take turns (step s replays member s mod 2)
+    assert torch.equal(conds[3][2], conds[1][1]) and torch.equal(conds[4][2], conds[1][1])
+    assert torch.equal(conds[5][2], conds[3][1]) and torch.equal(conds[6][2], conds[1][1])
+    assert not torch.equal(conds[3][2], conds[3][1])  # a past word, not the current one
+    monkeypatch.undo()
+    plain = train(load_base(tiny_sd), EraseConfig(concepts=["circle"], method="x", **{**FAST, "steps": 7},
+                                                  **{**ROBUST, "robust_every": 1}), progress=False)
+    assert state.losses[:3] == plain.losses[:3] and state.losses[3:] != plain.losses[3:]
+
+
+def test_robust_pool_resumes_exactly(tiny_sd, tmp_path, monkeypatch):
+    """The checkpoint carries the pool."""
+    config = dict(concepts=["circle"], method="x", steps=6, lr=1e-3, ddim_steps=6,
+                  **{**ROBUST, "robust_every": 1}, robust_pool=2, robust_pool_every=1)
+    straight, resumed = _straight_and_resumed(tiny_sd, tmp_path / "edit", config, monkeypatch, at=4)
+    assert resumed.losses == straight.losses
+    assert resumed.manifest["config"]["robust_pool"] == 2
+
+
+def test_negative_robust_pool_is_a_one_line_error():
+    with pytest.raises(ConfigError, match="robust pool must be >= 0"):
+        EraseConfig(concepts=["circle"], robust=True, robust_pool=-1).validate()
+
+
+@pytest.mark.parametrize("setting", ["robust_tokens", "robust_attack_steps", "robust_every", "robust_images", "robust_batch",
+                                     "robust_pool_every"])
 def test_bad_robust_budgets_are_one_line_errors(setting):
     with pytest.raises(ConfigError, match=f"{setting.replace('_', ' ')} must be positive, got 0"):
         EraseConfig(concepts=["circle"], robust=True, **{setting: 0}).validate()
