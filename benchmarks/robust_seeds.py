@@ -38,7 +38,7 @@ def figures(variant: dict) -> dict:
 # The robust settings a table compares, with the value each had before it existed (older reports lack it).
 ROBUST_KEYS = {"robust_tokens": 6, "robust_attack_steps": 10, "robust_every": 1, "robust_lr": 0.05, "robust_images": 8,
                "robust_batch": 8, "robust_weight": 1.0, "robust_start": 0.0, "robust_objective": "denoise",
-               "robust_templates": ["{}"]}
+               "robust_templates": ["{}"], "robust_pool": 0, "robust_pool_every": 10}
 
 
 def recipe_of(data: dict, row: dict) -> tuple[dict, dict]:
