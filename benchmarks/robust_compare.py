@@ -22,7 +22,8 @@ import math
 import random
 from pathlib import Path
 
-from robust_seeds import collect, describe, meets
+import robust_seeds
+from robust_seeds import average, collect, describe, meets, sources_args
 
 FIGURES = {"erased": "plain prompts", "inversion": "inversion ASR", "embedding": "embedding ASR", "kept_drop": "max kept drop"}
 
@@ -49,15 +50,15 @@ def fisher_p(k_a: int, n_a: int, k_b: int, n_b: int) -> float:
 
 
 def robust_rows(sources: Path) -> tuple[list[dict], dict]:
+    """The robust figures a sources file lists, in seed order, and their recipe."""
     seeds, recipes = collect(sources)
-    return [seeds[s]["robust"] for s in sorted(seeds) if "robust" in seeds[s]], recipes["robust"]
+    return robust_seeds.robust_rows(seeds), recipes["robust"]
 
 
 def compare(a: list[dict], b: list[dict], rounds: int = 20000) -> dict:
-    out = {}
-    for key in FIGURES:
-        x, y = [r[key] for r in a], [r[key] for r in b]
-        out[key] = {"a": sum(x) / len(x), "b": sum(y) / len(y), "p": permutation_p(x, y, rounds)}
+    mean_a, mean_b = average(a), average(b)
+    out = {key: {"a": mean_a[key], "b": mean_b[key], "p": permutation_p([r[key] for r in a], [r[key] for r in b], rounds)}
+           for key in FIGURES}
     met_a, met_b = sum(map(meets, a)), sum(map(meets, b))
     out["every_goal"] = {"a": met_a, "b": met_b, "n_a": len(a), "n_b": len(b), "p": fisher_p(met_a, len(a), met_b, len(b))}
     return out
@@ -77,18 +78,18 @@ def markdown(result: dict, labels: list[str], recipes: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def at_least_one(text: str) -> int:
+    if not text.lstrip("-").isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text}")
+    return int(text)
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("sources", type=Path, nargs=2, help="two sources files of robust_toy.json paths")
-    parser.add_argument("--labels", nargs=2, default=["A", "B"], help="names of the two sets in the table")
-    parser.add_argument("--rounds", type=int, default=20000, help="relabellings of the permutation test [20000]")
-    parser.add_argument("--out", type=Path, help="write compare.md and compare.json here")
-    args = parser.parse_args()
-    for path in args.sources:
-        if not path.is_file():
-            parser.error(f"{path} is not a file: list robust_toy.json paths in it, one a line")
-    if args.rounds < 1:
-        parser.error(f"--rounds must be >= 1, got {args.rounds}")
+    def options(parser):
+        parser.add_argument("--labels", nargs=2, default=["A", "B"], help="names of the two sets in the table")
+        parser.add_argument("--rounds", type=at_least_one, default=20000, help="relabellings of the permutation test [20000]")
+
+    args = sources_args(__doc__, "robust_toy.json paths", "compare.md and compare.json", count=2, options=options)
     (a, recipe_a), (b, recipe_b) = (robust_rows(path) for path in args.sources)
     result = compare(a, b, args.rounds)
     text = markdown(result, args.labels, [recipe_a, recipe_b])

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Callable
 
 from multi_concept_reeval import wilson
 
@@ -115,9 +116,14 @@ def average(rows: list[dict]) -> dict:
     return {k: sum(r[k] for r in rows) / len(rows) for k in ("erased", "inversion", "embedding", "kept_drop")}
 
 
+def robust_rows(seeds: dict[int, dict[str, dict]]) -> list[dict]:
+    """The robust figures of every seed that has them, in seed order."""
+    return [seeds[s]["robust"] for s in sorted(seeds) if "robust" in seeds[s]]
+
+
 def summary(seeds: dict[int, dict[str, dict]]) -> dict:
     both = sorted(s for s, v in seeds.items() if {"plain", "robust"} <= set(v))
-    robust = [seeds[s]["robust"] for s in sorted(seeds) if "robust" in seeds[s]]
+    robust = robust_rows(seeds)
     met = sum(meets(r) for r in robust)
     lower = sum(lowers(seeds[s]["plain"], seeds[s]["robust"]) for s in both)
     mean = {name: average([seeds[s][name] for s in both]) for name in ("plain", "robust")} if both else {}
@@ -184,14 +190,20 @@ def markdown(seeds: dict[int, dict[str, dict]], s: dict, recipes: dict[str, dict
     return "\n".join(lines) + "\n"
 
 
-def sources_args(doc: str, lines: str, outputs: str) -> argparse.Namespace:
-    """The command line of a table script: a sources file of ``lines`` (checked to exist) and --out."""
+def sources_args(doc: str, lines: str, outputs: str, count: int = 1,
+                 options: Callable[[argparse.ArgumentParser], None] | None = None) -> argparse.Namespace:
+    """The command line of a table script: ``count`` sources files of ``lines`` (checked to exist; one
+    path, or a list of ``count``), --out, and whatever ``options`` adds to the parser."""
     parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
-    parser.add_argument("sources", type=Path, help=f"a text file of {lines}, one a line")
+    parser.add_argument("sources", type=Path, nargs=None if count == 1 else count,
+                        help=f"a text file of {lines}, one a line" + ("" if count == 1 else f" ({count} of them)"))
     parser.add_argument("--out", type=Path, help=f"write {outputs} here")
+    if options:
+        options(parser)
     args = parser.parse_args()
-    if not args.sources.is_file():
-        parser.error(f"{args.sources} is not a file: list {lines} in it, one a line")
+    for path in [args.sources] if count == 1 else args.sources:
+        if not path.is_file():
+            parser.error(f"{path} is not a file: list {lines} in it, one a line")
     return args
 
 

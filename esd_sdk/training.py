@@ -494,8 +494,8 @@ class _Adversary:
             self.latents = [self._concept_latents(k) for k in range(len(trainer.concepts))]
         self.soft: dict = {}  # concept -> its adversarial SoftPrompt
         self.cond: dict[int, Conditioning] = {}  # concept -> that prompt encoded (until the next refresh)
-        self.pool: dict[int, list] = {}  # concept -> past adversarial SoftPrompts (robust_pool), oldest first
-        self.pool_cond: dict[int, list[Conditioning]] = {}  # the same, encoded (the text encoder is frozen)
+        self.pool: dict[int, list] = {}  # concept -> past (SoftPrompt, encoded) adversarial words (robust_pool), oldest first
+        self.first_step = int(c.robust_start * c.steps)  # steps before it are plain ESD
 
     def _concept_latents(self, k: int) -> torch.Tensor:
         """``robust_images`` latents of concept ``k`` per template, sampled by the frozen model (CPU)."""
@@ -514,8 +514,7 @@ class _Adversary:
 
     def active(self, step: int) -> bool:
         """Whether the inner attack runs at ``step`` (from ``robust_start`` of the steps on)."""
-        c = self.trainer.config
-        return step >= int(c.robust_start * c.steps)
+        return step >= self.first_step
 
     def conditioning(self, k: int, step: int, x: torch.Tensor, t: torch.Tensor, e_c: torch.Tensor) -> Conditioning:
         """The adversarial prompt of concept ``k`` for each row of ``x`` (the templates in turn),
@@ -537,13 +536,17 @@ class _Adversary:
                         batch_size=c.robust_batch, generator=self.generator)
             self.cond.pop(k, None)
         if k not in self.cond:
-            with torch.no_grad():
-                self.cond[k] = self.soft[k].encode(self.target).to(self.trainer.device, torch.float32)
+            self.cond[k] = self._encoded(self.soft[k])
         b = x.shape[0]  # row i of step s takes template (s * b + i) mod T: every one in turn, even at batch size 1
         return self.cond[k].index(self._rows(step, b))
 
     def _rows(self, step: int, b: int) -> list[int]:
         return [(step * b + i) % len(self.templates) for i in range(b)]
+
+    @torch.no_grad()
+    def _encoded(self, soft) -> Conditioning:
+        """An adversarial word in its templates, encoded for the trainer (the text encoder is frozen)."""
+        return soft.encode(self.target).to(self.trainer.device, torch.float32)
 
     def replayed(self, k: int, step: int, b: int) -> list[Conditioning]:
         """With ``robust_pool``: one past adversarial word of concept ``k`` for this step (the pool's
@@ -553,12 +556,11 @@ class _Adversary:
         if not c.robust_pool:
             return []
         pool = self.pool.setdefault(k, [])
-        out = [self.pool_cond[k][step % len(pool)].index(self._rows(step, b))] if pool else []
-        if k in self.soft and (step - int(c.robust_start * c.steps)) % c.robust_pool_every == 0:
-            pool.append(self.soft[k].detach())
+        out = [pool[step % len(pool)][1].index(self._rows(step, b))] if pool else []
+        if k in self.soft and (step - self.first_step) % c.robust_pool_every == 0:
+            word = self.soft[k].detach()
+            pool.append((word, self._encoded(word)))
             del pool[:-c.robust_pool]
-            with torch.no_grad():
-                self.pool_cond[k] = [p.encode(self.target).to(self.trainer.device, torch.float32) for p in pool]
         return out
 
     def state(self) -> dict[str, torch.Tensor]:
@@ -567,7 +569,7 @@ class _Adversary:
             for e, v in enumerate(soft.vectors):
                 out[f"robust/soft/{k}/{e}"] = v.cpu().contiguous()
         for k, pool in self.pool.items():
-            for j, soft in enumerate(pool):
+            for j, (soft, _) in enumerate(pool):
                 for e, v in enumerate(soft.vectors):
                     out[f"robust/pool/{k}/{j}/{e}"] = v.cpu().contiguous()
         return out
@@ -582,16 +584,11 @@ class _Adversary:
                        if f"robust/soft/{k}/{e}" in tensors]
             if vectors:
                 self.soft[k] = SoftPrompt(self.templates, vectors, [0] * len(self.templates))
-            pool = []
+            pool = self.pool[k] = []
             while f"robust/pool/{k}/{len(pool)}/0" in tensors:
-                j = len(pool)
-                pool.append(SoftPrompt(self.templates, [tensors[f"robust/pool/{k}/{j}/{e}"]
-                                                        for e in range(len(self.target.text_encoders))],
-                                       [0] * len(self.templates)))
-            if pool:
-                self.pool[k] = pool
-                with torch.no_grad():
-                    self.pool_cond[k] = [p.encode(self.target).to(self.trainer.device, torch.float32) for p in pool]
+                word = SoftPrompt(self.templates, [tensors[f"robust/pool/{k}/{len(pool)}/{e}"]
+                                                   for e in range(len(self.target.text_encoders))], [0] * len(self.templates))
+                pool.append((word, self._encoded(word)))
 
 
 def train(base: BaseModel, config: EraseConfig, device: str | torch.device | None = None,
