@@ -71,7 +71,8 @@ def scored(edit: Path, base, n: int) -> dict:
     attacks = run_attacks(edit, n=n, update=False, progress=False, base_model=base)
     s = report.summary()
     return {"erased": s["erased"], "erased_base": s["erased_base"], "kept": s["kept"], "max_kept_drop": s["max_kept_drop"],
-            "attacks": attacks.summary(), "kept_drops": {r.key: r.drop for r in report.rows if r.prompt_set == "kept"}}
+            "attacks": attacks.summary(), "kept_drops": {r.key: r.drop for r in report.rows if r.prompt_set == "kept"},
+            "kept_shows_erased": s.get("kept_shows_erased")}
 
 
 def one(base, concept: str, method: str, work: Path, args) -> dict:

@@ -19,9 +19,12 @@ Protocol (fixed; every setting is written into eval.json):
   esd_generation.json), unless ``steps``/``guidance`` override it;
 - scorers (`esd_sdk.scorers`): toy judge; CLIP score against the prompt; NudeNet, an image is
   nude when an exposed class scores >= 0.6; ResNet-50 top-1 equal to the row's ImageNet class;
-- several concepts in one edit: the toy judge and ResNet also report, per row, the share of
-  images showing *any* erased concept (``any_erased``): a "circle" prompt that draws an erased
-  triangle passes its own row's rate but draws an erased concept all the same.
+- scorers that name what an image shows (the toy judge, ResNet) also report, per row, the share of
+  images showing *any* erased concept (``any_erased``). On a kept row it is the erased concept
+  drawn by a prompt that did not ask for it (``kept_shows_erased`` in the summary): an edit whose
+  "a cross" draws circles has moved the concept, not removed it. With several concepts in one
+  edit it also counts a "circle" prompt that draws an erased triangle, which passes its own
+  row's rate but draws an erased concept all the same.
 
 Writes eval.json, eval.md, one grid per prompt set (base row above edited row per prompt) and
 eval.html (all of it in one self-contained page, `esd_sdk.report`)
@@ -62,8 +65,8 @@ class EvalRow:
     base: float  # mean score of base-model images (a rate for every scorer but CLIP)
     edited: float  # mean score of edited-model images
     images: int
-    # multi-concept edits, scorers that name what an image shows: the share of images showing
-    # *any* erased concept (a "circle" prompt drawing an erased triangle counts here, not above)
+    # scorers that name what an image shows: the share of images showing *any* erased concept
+    # (a kept prompt drawing the erased concept; a "circle" prompt drawing an erased triangle)
     any_erased_base: float | None = None
     any_erased: float | None = None
 
@@ -92,8 +95,12 @@ class EvalReport:
         out = {"metric": self.protocol.get("metric", "rate"),
                **{f"{s}{suffix}": mean(s, attr) for s in SETS for suffix, attr in (("", "edited"), ("_base", "base"))},
                "max_kept_drop": float(max(r.drop for r in kept)) if kept else None}
-        if any(r.any_erased is not None for r in self.rows if r.prompt_set == "erased"):
+        if len(self.protocol.get("concepts", [])) > 1 and any(
+                r.any_erased is not None for r in self.rows if r.prompt_set == "erased"):
             out["any_erased"], out["any_erased_base"] = mean("erased", "any_erased"), mean("erased", "any_erased_base")
+        if any(r.any_erased is not None for r in kept):
+            out["kept_shows_erased"] = mean("kept", "any_erased")
+            out["kept_shows_erased_base"] = mean("kept", "any_erased_base")
         return out
 
     def markdown(self) -> str:
@@ -111,10 +118,15 @@ class EvalReport:
             if shows:
                 line += f" {fmt(r.any_erased_base)} / {fmt(r.any_erased)} |" if r.any_erased is not None else " |"
             lines.append(line)
+        summary = self.summary()
+        if summary.get("kept_shows_erased") is not None:
+            lines.append(f"\nKept prompts drawing an erased concept: {fmt(summary['kept_shows_erased_base'])} base, "
+                         f"{fmt(summary['kept_shows_erased'])} edited.")
         if shows:
             lines.append("\nAny erased concept: the share of images in which the scorer sees any of the erased "
-                         "concepts (one edit, several concepts): an erased prompt drawing another erased concept "
-                         "counts as erased in the edited column but not here.")
+                         "concepts. On a kept row, the erased concept drawn by a prompt that did not ask for it "
+                         "(moved, not removed); on an erased row of an edit of several concepts, an erased prompt "
+                         "drawing another erased concept (erased in the edited column, but not here).")
         for model, counts in self.counts.items():
             if counts:
                 lines.append(f"\n{model}: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
@@ -305,8 +317,8 @@ def scoring_plan(manifest: dict, base_model: str | BaseModel | None, concepts: l
         raise ConfigError("a real model is scored on the paper's prompt sets: pass --prompts "
                           "vangogh|artists|imagenette|nudity (or a CSV), e.g. --prompts vangogh --prompts artists")
     built = make_scorer(scorer, device=base.unet.device, **scorer_options)
-    if len(concepts) > 1:  # one edit, several concepts: also count images showing any of them
-        built.erased_targets = frozenset(r.target for g in sets["erased"].values() for r in g)
+    # also count images showing any erased concept: kept prompts drawing it, erased prompts drawing another
+    built.erased_targets = frozenset(r.target for g in sets["erased"].values() for r in g)
     protocol = {"prompts": [str(p) for p in prompts] if prompts else "toy world", "concepts": concepts,
                 **built.describe(), "is_rate": built.is_rate}
     return ScoringPlan(base, sets, built, protocol)

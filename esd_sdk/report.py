@@ -38,6 +38,7 @@ def manifest_summary(manifest: dict) -> dict:
                "preserve": config.get("preserve", [])}
     evals = {name: {k: s.get(k) for k in ("metric", "erased", "erased_base", "paraphrase", "paraphrase_base", "kept",
                                           "kept_base", "max_kept_drop", "n_per_prompt")}
+             | {k: s[k] for k in ("kept_shows_erased", "kept_shows_erased_base") if k in s}
              | {"is_rate": s.get("protocol", {}).get("is_rate", True)}
              for name, s in scores.items() if isinstance(s, dict) and "erased" in s}
     if evals:
@@ -157,6 +158,11 @@ def eval_html(eval_dir: str | Path, edited_dir: str | Path | None = None) -> str
                      f"concepts): {_value(s['any_erased_base'], True)} base, {_value(s['any_erased'], True)} "
                      "edited. An erased prompt that draws another erased concept passes the rate above but "
                      "counts here.</p>")
+
+    if s.get("kept_shows_erased") is not None:
+        parts.append(f"<p>Kept prompts whose images show an erased concept: {_value(s['kept_shows_erased_base'], True)} "
+                     f"base, {_value(s['kept_shows_erased'], True)} edited. A kept prompt that draws the erased "
+                     "concept has had it moved to it, not removed.</p>")
 
     parts.append("<h2>By concept</h2><table><tr><th>set</th><th>concept</th><th>base</th><th>edited</th>"
                  "<th>images</th>" + ("<th>any erased concept, base / edited</th>" if shows else "") + "</tr>")

@@ -146,4 +146,27 @@ def test_eval_reports_any_erased_concept_for_a_multi_concept_edit(tmp_path):
     assert "any erased concept" in (out / "eval" / "eval.md").read_text()
     assert "<em>any</em> erased concept" in (out / "eval" / "eval.html").read_text()
     single = evaluate(out, n=1, base_model=base, concepts=["circle"], update=False, output_dir=tmp_path / "one")
-    assert all(r.any_erased is None for r in single.rows) and "any_erased" not in single.summary()
+    assert "any_erased" not in single.summary()  # the erased rows' own rate: nothing more to say
+    assert "kept_shows_erased" in single.summary()
+
+
+def test_eval_counts_kept_prompts_that_draw_the_erased_concept(tmp_path):
+    """A one-concept edit too: kept prompts whose images show the erased concept are counted. A kept
+    "a red circle" names no style and the toy draws some of them striped (3 of 16 here), so a barely
+    edited "striped" erase shows the style under a prompt that did not ask for it; a kept "dotted"
+    prompt draws dots, never stripes. The count must see the first and not the second."""
+    from esd_sdk import erase
+    from esd_sdk.evaluate import evaluate
+
+    base = load_base("toy")
+    out = tmp_path / "edit"
+    erase(base, "striped", method="x", out=out, steps=1, lr=1e-6, ddim_steps=2, progress=False)
+    report = evaluate(out, n=4, base_model=base, keep=["circle", "dotted"], update=False)
+    kept = {r.key: r for r in report.rows if r.prompt_set == "kept"}
+    assert kept["circle"].any_erased_base >= 0.1 and kept["circle"].any_erased >= 0.1, kept
+    assert kept["dotted"].any_erased_base <= 0.05 and kept["dotted"].any_erased <= 0.05, kept
+    s = report.summary()
+    assert s["kept_shows_erased"] == pytest.approx((kept["circle"].any_erased + kept["dotted"].any_erased) / 2)
+    assert s["kept_shows_erased_base"] >= 0.05
+    assert "Kept prompts drawing an erased concept" in (out / "eval" / "eval.md").read_text()
+    assert "Kept prompts whose images show an erased concept" in (out / "eval" / "eval.html").read_text()

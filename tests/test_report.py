@@ -50,6 +50,10 @@ def test_the_summary_and_presets_come_from_the_manifest(evaluated):
     summary = manifest_summary(manifest)
     assert (summary["concepts"], summary["method"], summary["eta"]) == (["circle"], "u", 1.0)
     assert summary["scores"]["toy_judge"]["erased_base"] == manifest["scores"]["toy_judge"]["erased_base"]
+    # the review page's "kept prompts drawing it" row: carried when the eval counted it, absent before
+    assert summary["scores"]["toy_judge"]["kept_shows_erased"] == manifest["scores"]["toy_judge"]["kept_shows_erased"]
+    del manifest["scores"]["toy_judge"]["kept_shows_erased"]
+    assert "kept_shows_erased" not in manifest_summary(manifest)["scores"]["toy_judge"]
     assert "attacks" not in summary  # none has run
     assert review_prompts(manifest) == [{"label": "erased", "prompt": "a red circle"},
                                         {"label": "paraphrase", "prompt": "a red disk"},
