@@ -146,8 +146,9 @@ def test_eval_reports_any_erased_concept_for_a_multi_concept_edit(tmp_path):
     assert "any erased concept" in (out / "eval" / "eval.md").read_text()
     assert "<em>any</em> erased concept" in (out / "eval" / "eval.html").read_text()
     single = evaluate(out, n=1, base_model=base, concepts=["circle"], update=False, output_dir=tmp_path / "one")
-    assert "any_erased" not in single.summary()  # the erased rows' own rate: nothing more to say
-    assert "kept_shows_erased" in single.summary()
+    # one concept: on its own prompts the share is their rate again, so only the kept rows carry it
+    assert all(r.any_erased is None for r in single.rows if r.prompt_set != "kept") and "any_erased" not in single.summary()
+    assert all(r.any_erased is not None for r in single.rows if r.prompt_set == "kept") and "kept_shows_erased" in single.summary()
 
 
 def test_eval_counts_kept_prompts_that_draw_the_erased_concept(tmp_path):
