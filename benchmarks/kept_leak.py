@@ -5,8 +5,9 @@
 
 An erase that costs a kept concept images either destroys them (the judge sees another shape, or
 none) or moves the erased concept to the kept prompt: "a green cross" drawn as a circle. The second
-is the concept coming back with no attack at all. Each EDIT is scored by the eval (`esd_sdk.evaluate`,
-toy judge, eval seed 0 and 8 images a prompt unless told: the same images as robust_toy.py's scoring)
+is the concept coming back with no attack at all. Each EDIT is scored with the eval's pieces (`esd_sdk.evaluate`: its prompt sets, scorer and sampler; toy
+judge, eval seed 0 and 8 images a prompt unless told: the same images as robust_toy.py's scoring; the base
+model's images once for all the edits, which must erase the same concepts)
 and the table gives, per edit, the largest kept drop and the share of the kept prompts' images that
 show the erased concept (the eval's ``kept_shows_erased``), base and edited, beside the kept drop of
 each concept and how many of its lost images show the erased concept. Writes kept_leak.json and
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import tempfile
 from pathlib import Path
 
 
@@ -61,14 +61,24 @@ def main() -> None:
     missing = [str(e) for e in args.edits if not (e / "esd.json").is_file()]
     if missing:
         parser.error(f"not an esd-sdk erase output (no esd.json): {', '.join(missing)}")
-    from esd_sdk import load_base
-    from esd_sdk.evaluate import evaluate
+    from esd_sdk.artifact import load_edited_unet, load_manifest
+    from esd_sdk.evaluate import EvalReport, compare, measure, sampler_config, scoring_plan
 
-    base = load_base("toy")
+    # one plan and one base measurement for every edit (the eval's own pieces, as `esd-sdk sweep` uses them):
+    # the base images are the same for every edit of the same concepts
+    manifests = [load_manifest(edit) for edit in args.edits]
+    concepts = {tuple(m["concepts"]) for m in manifests}
+    if len(concepts) > 1:
+        parser.error(f"the edits erase different concepts ({', '.join(map(str, sorted(concepts)))}): "
+                     "pass edits of the same concepts, one run each")
+    plan = scoring_plan(manifests[0], None, None, None, None, None, args.seed, {})
+    config = sampler_config(plan.base, None, None)
+    before = measure(plan.base, plan.sets, plan.scorer, args.n, config)
     rows = []
     for edit in args.edits:
-        with tempfile.TemporaryDirectory() as scratch:  # the eval's grids and pages: not kept
-            report = evaluate(edit, base_model=base, n=args.n, seed=args.seed, update=False, output_dir=scratch)
+        unet = load_edited_unet(edit).to(plan.base.unet.device)
+        after = measure(plan.base, plan.sets, plan.scorer, args.n, config, unet=unet)
+        report = EvalReport(str(edit), plan.base.source, args.n, args.seed, {}, plan.protocol, compare(before, after))
         rows.append({"edit": str(edit), **leak(report)})
         print(json.dumps({k: rows[-1][k] for k in ("edit", "max_kept_drop", "kept_shows_erased")}), flush=True)
     args.out.mkdir(parents=True, exist_ok=True)

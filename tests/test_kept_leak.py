@@ -42,3 +42,16 @@ def test_a_directory_that_is_not_an_edit_is_refused(tmp_path):
                              str(tmp_path / "out")], capture_output=True, text=True)
     assert result.returncode == 2 and "not an esd-sdk erase output (no esd.json)" in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_edits_of_different_concepts_are_refused(tmp_path):
+    """The base model's images are measured once for all the edits, so they must erase the same concepts."""
+    from esd_sdk import erase, load_base
+
+    base = load_base("toy")
+    for concept in ("circle", "square"):
+        erase(base, concept, method="x", out=tmp_path / concept, steps=1, ddim_steps=2, progress=False)
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "kept_leak.py"), str(tmp_path / "circle"),
+                             str(tmp_path / "square"), "--out", str(tmp_path / "out")], capture_output=True, text=True)
+    assert result.returncode == 2 and "the edits erase different concepts" in result.stderr, result.stderr
+    assert not (tmp_path / "out").exists()
