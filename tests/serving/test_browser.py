@@ -33,10 +33,21 @@ pytestmark = pytest.mark.skipif(not os.access(CHROMIUM, os.X_OK),
                                 reason=f"no chromium at {CHROMIUM}: apt-get install chromium to run the browser test")
 
 
+# What an eval of the toy writes into esd.json (the tiny model has no judge): the page shows what the manifest holds.
+SCORES = {"toy_judge": {"metric": "toy judge rate", "erased": 0.0, "erased_base": 1.0, "paraphrase": 0.0625,
+                        "paraphrase_base": 1.0, "kept": 0.875, "kept_base": 1.0, "max_kept_drop": 0.375,
+                        "kept_shows_erased": 0.125, "kept_shows_erased_base": 0.0, "protocol": {"is_rate": True}}}
+
+
 @pytest.fixture(scope="module")
 def review(edited, tmp_path_factory):
-    """(url, page): the server started first, the browser launched while the server loads."""
-    server = subprocess.Popen([sys.executable, "-m", "esd_sdk", "serve", "--model", str(edited), "--compare",
+    """(url, page): the server started first, the browser launched while the server loads; it serves a
+    copy of the tiny erase with SCORES recorded in its manifest."""
+    from esd_sdk.artifact import update_manifest
+
+    scored = Path(shutil.copytree(edited, tmp_path_factory.mktemp("review") / "edited"))
+    update_manifest(scored, SCORES)
+    server = subprocess.Popen([sys.executable, "-m", "esd_sdk", "serve", "--model", str(scored), "--compare",
                                "--port", "0", "--no-warmup", "--max-wait-ms", "50"],
                               stderr=subprocess.PIPE, text=True)
     profile = tempfile.mkdtemp(dir=tmp_path_factory.mktemp("chromium"))
@@ -68,6 +79,8 @@ def test_review_page_shows_base_and_edited_side_by_side(review, tmp_path):
     page.goto(url)
     page.wait_for_selector("body[data-ready=true]")
     assert "base vs edited" in page.inner_text("#model") and "circle" in page.inner_text("#summary")
+    scores = page.inner_text("table[data-scores=toy_judge]")  # base, then edited
+    assert "kept\t100.0%\t87.5%" in scores and "kept prompts drawing it\t0.0%\t12.5%" in scores, scores
 
     page.fill("#prompt", "")  # an empty prompt: the server's 400, as a readable message
     page.click("#generate")
