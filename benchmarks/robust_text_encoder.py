@@ -35,6 +35,7 @@ from esd_sdk.evaluate import measure, sampler_config, toy_prompt_sets
 from esd_sdk.scorers import make_scorer
 from esd_sdk.toy.world import COLOUR_NAMES, OBJECTS, STYLES
 from esd_sdk.training import _Adversary, _Trainer
+from robust_toy import cpu_name
 
 RESULTS = Path(__file__).parent / "results" / "robust_text_encoder"
 METHODS = {"circle": "u", "striped": "x"}
@@ -48,8 +49,27 @@ def retain_prompts(concept: str) -> list[str]:
     return [""] + [p for p in prompts if not words & set(p.split())]
 
 
-def train_text_encoder(base, concept: str, steps: int, lr: float, robust: bool, retain_weight: float, seed: int):
-    """ESD on a copy of the text encoder; returns (edited BaseModel, seconds, losses)."""
+def encode_with_grad(pipeline, prompts: list[str]) -> torch.Tensor:
+    """The UNet conditioning of ``prompts`` as the SD 1.x pipeline encodes it (the last hidden
+    state, no attention mask), differentiable in the text encoder's weights. `encode_prompts`
+    runs under no_grad: an edit of the encoder must not go through it."""
+    tokenizer, encoder = pipeline.tokenizer, pipeline.text_encoder
+    ids = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                    return_tensors="pt").input_ids
+    return encoder(ids.to(encoder.device))[0]
+
+
+def train_text_encoder(base, concept: str, steps: int, lr: float, robust: bool, retain_weight: float, seed: int,
+                       templates: list[str], robust_start: float = 0.5):
+    """ESD on a copy of the text encoder, the UNet frozen; returns (edited BaseModel, seconds, losses).
+
+    Each step: x_t on the edited model's own trajectory for the concept in one of ``templates``
+    (the frozen UNet conditioned by the edited encoder, as ESD samples), the negatively guided
+    target from the frozen model with the base encoder, and the edited encoder's conditioning of
+    that prompt must produce it. Robust: from ``robust_start`` of the steps, the inner embedding
+    attack (through the edited encoder) finds a word that still draws the concept, and its
+    conditioning must follow the same target. Retain: every prompt without the concept, and the
+    empty prompt of classifier-free guidance, encodes as before."""
     config = EraseConfig.for_model(base, [concept], "x", seed=seed, steps=steps)  # the toy's sampler settings
     # The trainer samples x_t and gives the frozen predictions; its own (UNet) parameters never step.
     trainer = _Trainer(base, copy.deepcopy(base.unet), config, torch.device("cpu"), None)
@@ -57,8 +77,10 @@ def train_text_encoder(base, concept: str, steps: int, lr: float, robust: bool, 
     edited = base.with_components(text_encoder=encoder)
     target = AttackTarget.from_pipeline(edited.pipeline, unet=trainer.unet)
     keep = retain_prompts(concept)
+    prompts = [t.replace("{}", concept) for t in templates]
     with torch.no_grad():
         keep_ref = encode_prompts(base, keep).hidden
+        frozen_cond = encode_prompts(base, prompts)  # the base encoder's: the target's conditioning
     optimizer = torch.optim.Adam(encoder.parameters(), lr=lr)
     soft, losses = None, []
     if robust:
@@ -67,24 +89,27 @@ def train_text_encoder(base, concept: str, steps: int, lr: float, robust: bool, 
     t0 = time.perf_counter()
     for step in range(steps):
         g = trainer.generator
+        i = step % len(prompts)
         t_enc = int(torch.randint(config.ddim_steps, (1,), generator=g))
-        x = trainer._sample(trainer.concepts.index([0]), t_enc)
+        with torch.no_grad():
+            now = Conditioning(encode_with_grad(edited.pipeline, [prompts[i]]))
+        x = trainer._sample(now, t_enc)  # the edited model's trajectory (the UNet is the base's)
         t = trainer.scheduler.timesteps[t_enc]
         b = x.shape[0]
         with torch.no_grad():
-            cond = Conditioning.cat([trainer.uncond.index([0] * b), trainer.concepts.index([0] * b)])
+            cond = Conditioning.cat([trainer.uncond.index([0] * b), frozen_cond.index([i] * b)])
             frozen = trainer._predict(torch.cat([x, x]), t, cond, frozen=True)
         e_0, e_c = frozen.chunk(2)
         goal = e_0 - config.negative_guidance * (e_c - e_0)
-        conds = [encode_prompts(edited, [concept]).hidden.expand(b, -1, -1)]
-        if robust:
+        conds = [encode_with_grad(edited.pipeline, [prompts[i]]).expand(b, -1, -1)]
+        if robust and step >= int(robust_start * steps):
             soft = embedding_attack(target, latents, "{}", n_tokens=config.robust_tokens,
                                     steps=config.robust_attack_steps, lr=config.robust_lr,
                                     init=soft if soft is not None else concept, generator=generator)
             conds.append(soft.encode(target).hidden.expand(b, -1, -1))
         pred = trainer.unet(x.repeat(len(conds), 1, 1, 1), t, encoder_hidden_states=torch.cat(conds)).sample
         loss = sum(F.mse_loss(p, goal) for p in pred.chunk(len(conds)))
-        loss = loss + retain_weight * F.mse_loss(encode_prompts(edited, keep).hidden, keep_ref)
+        loss = loss + retain_weight * F.mse_loss(encode_with_grad(edited.pipeline, keep), keep_ref)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -114,49 +139,65 @@ def score(base, edited_base, edited_unet, concept: str, preserve: list[str], n: 
     return out
 
 
+VARIANTS = ["unet-plain", "unet", "text-encoder-plain", "text-encoder"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--concept", default="striped", choices=sorted(METHODS))
     parser.add_argument("--preserve", action="append", default=[], help="kept concepts the UNet edit holds")
     parser.add_argument("--steps", type=int, default=100)
-    parser.add_argument("--lr", type=float, default=1e-3, help="Adam lr of the text-encoder edit")
+    parser.add_argument("--lr", type=float, default=1e-4, help="Adam lr of the text-encoder edit")
     parser.add_argument("--retain-weight", type=float, default=1.0)
-    parser.add_argument("--variants", nargs="+", default=["unet", "text-encoder"], choices=["unet", "text-encoder"])
+    parser.add_argument("--template", action="append", dest="templates", default=None,
+                        help='prompts the text-encoder edit erases the concept in ["{}" and the four colours]')
+    parser.add_argument("--variants", nargs="+", default=VARIANTS, choices=VARIANTS,
+                        help="UNet ESD (plain, robust at the defaults) and the text-encoder edit (plain, robust)")
+    parser.add_argument("--seed", type=int, default=0, help="erase seed (eval and attacks: seed 0)")
     parser.add_argument("-n", type=int, default=8)
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
+    templates = args.templates or ["{}"] + [f"a {c} {{}}" for c in COLOUR_NAMES]
     torch.manual_seed(0)
     base = esd_sdk.load_base("toy")
     rows = {}
-    if "unet" in args.variants:
-        t0 = time.perf_counter()
-        result = esd_sdk.erase(base, args.concept, method=METHODS[args.concept], robust=True, progress=False,
-                               steps=args.steps, **({"preserve": args.preserve} if args.preserve else {}))
-        rows["unet"] = {"seconds": round(time.perf_counter() - t0, 1),
-                        **score(base, base, result.unet, args.concept, args.preserve, args.n, 0)}
-        print("unet", json.dumps(rows["unet"]), flush=True)
-    if "text-encoder" in args.variants:
-        edited, seconds, losses = train_text_encoder(base, args.concept, args.steps, args.lr, True, args.retain_weight, 0)
-        rows["text-encoder"] = {"seconds": round(seconds, 1), "loss_first10": sum(losses[:10]) / 10,
-                                "loss_last10": sum(losses[-10:]) / 10,
-                                **score(base, edited, None, args.concept, args.preserve, args.n, 0)}
-        print("text-encoder", json.dumps(rows["text-encoder"]), flush=True)
+    for variant in args.variants:
+        if variant.startswith("unet"):
+            robust = variant == "unet"
+            t0 = time.perf_counter()
+            result = esd_sdk.erase(base, args.concept, method=METHODS[args.concept], robust=robust, progress=False,
+                                   steps=args.steps, seed=args.seed,
+                                   **({"preserve": args.preserve} if args.preserve else {}))
+            rows[variant] = {"seconds": round(time.perf_counter() - t0, 1),
+                             **score(base, base, result.unet, args.concept, args.preserve, args.n, 0)}
+        else:
+            robust = variant == "text-encoder"
+            edited, seconds, losses = train_text_encoder(base, args.concept, args.steps, args.lr, robust,
+                                                         args.retain_weight, args.seed, templates)
+            rows[variant] = {"seconds": round(seconds, 1), "loss_first10": sum(losses[:10]) / 10,
+                             "loss_last10": sum(losses[-10:]) / 10,
+                             **score(base, edited, None, args.concept, args.preserve, args.n, 0)}
+        print(variant, json.dumps(rows[variant]), flush=True)
     data = {"concept": args.concept, "preserve": args.preserve, "steps": args.steps, "lr": args.lr,
-            "retain_weight": args.retain_weight, "n": args.n, "threads": torch.get_num_threads(), "rows": rows}
+            "retain_weight": args.retain_weight, "templates": templates, "seed": args.seed, "n": args.n,
+            "threads": torch.get_num_threads(), "cpu": cpu_name(), "rows": rows}
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{args.concept}.json").write_text(json.dumps(data, indent=2) + "\n")
+    name = f"{args.concept}_s{args.seed}"
+    (args.out / f"{name}.json").write_text(json.dumps(data, indent=2) + "\n")
     pct = lambda v: f"{100 * v:.1f}%"  # noqa: E731
-    lines = [f"Toy world, robust ESD on '{args.concept}' ({args.steps} steps, seed 0, {args.n} images per prompt, "
-             f"toy judge), preserve {args.preserve or 'none'}.", "",
-             "| edit | plain prompts | inversion ASR | embedding ASR | controls inv./emb. | max kept drop | train s |",
+    lines = [f"Toy world, ESD on '{args.concept}' ({args.steps} steps, erase seed {args.seed}, eval and attack seed 0, "
+             f"{args.n} images per prompt, toy judge, {data['cpu']}), kept: {args.preserve or 'every other'}; "
+             f"the UNet edits hold {args.preserve or 'nothing'}, the text-encoder edit (lr {args.lr}, "
+             f"retain weight {args.retain_weight}) erases in {templates} and holds every prompt without the concept.",
+             "", "| edit | plain prompts | inversion ASR | embedding ASR | controls inv./emb. | max kept drop | train s |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
-    for name, r in rows.items():
+    for variant, r in rows.items():
         erased = sum(r["erased"].values()) / len(r["erased"])
         a = r["attacks"]
-        lines.append(f"| {name} | {pct(erased)} | {pct(a['inversion']['asr'])} | {pct(a['embedding']['asr'])} | "
+        lines.append(f"| {variant} | {pct(erased)} | {pct(a['inversion']['asr'])} | {pct(a['embedding']['asr'])} | "
                      f"{pct(a['inversion']['control'])} / {pct(a['embedding']['control'])} | "
                      f"{pct(r['max_kept_drop'])} | {r['seconds']:.0f} |")
-    (args.out / f"{args.concept}.md").write_text("\n".join(lines) + "\n")
+    (args.out / f"{name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
