@@ -1,19 +1,22 @@
 """Does editing the text encoder resist the attacks better than editing the UNet? (issue #10)
 
 AdvUnlearn (Zhang et al. 2024) found that adversarial unlearning generalises best when it edits
-the text encoder. This measures that claim on the toy world, side by side with UNet robust ESD:
+the text encoder. This measures that claim on the toy world, side by side with UNet ESD (plain and
+robust at the defaults), each edit scored with the same seeds:
 
-    python benchmarks/robust_text_encoder.py --concept striped           # vs ESD-x robust
-    python benchmarks/robust_text_encoder.py --concept circle --preserve square
+    OMP_NUM_THREADS=1 python benchmarks/robust_text_encoder.py --concept circle --preserve square --lr 3e-3 --seed 1
+    OMP_NUM_THREADS=1 python benchmarks/robust_text_encoder.py --concept striped --preserve dotted --lr 3e-3 \
+        --template "{}" --template "a {} red circle" ...
 
-The text-encoder edit trains a copy of the text encoder with ESD's objective (the frozen UNet's
-prediction for the concept prompt, re-encoded by the edited encoder, must follow the negatively
-guided target), the same inner embedding attack as `erase --robust` (now through the edited
-encoder), and a cheap retain term in embedding space: every toy prompt without the concept, and
-the empty prompt of classifier-free guidance, must encode as before. x_t, the frozen predictions
-and the inner attack's latents come from esd_sdk's own trainer. Scored like robust_toy.py: plain
-prompts, kept concepts and both attacks at their default budgets, with the base-model controls.
-Writes <out>/<concept>.json and .md.
+The text-encoder edit trains a copy of the text encoder, the UNet frozen, with ESD's objective: x_t
+on the edited model's own trajectory for the concept in one of the templates, and the edited
+encoder's conditioning of that prompt must make the frozen UNet follow the negatively guided
+target. Robust, from --robust-start of the steps, the same inner embedding attack as `erase
+--robust`, now through the edited encoder, adds its word's term. A retain term in embedding space
+holds every toy prompt without the concept, and the empty prompt of classifier-free guidance. x_t,
+the frozen predictions and the inner attack's latents come from esd_sdk's own trainer. Scored like
+robust_toy.py: plain prompts, kept concepts and both attacks at their default budgets, with the
+base-model controls. Writes <out>/<concept>_s<seed>.json and .md.
 """
 
 from __future__ import annotations
@@ -93,7 +96,7 @@ def train_text_encoder(base, concept: str, steps: int, lr: float, robust: bool, 
         t_enc = int(torch.randint(config.ddim_steps, (1,), generator=g))
         with torch.no_grad():
             now = Conditioning(encode_with_grad(edited.pipeline, [prompts[i]]))
-        x = trainer._sample(now, t_enc)  # the edited model's trajectory (the UNet is the base's)
+        x = trainer._sample(now, t_enc)  # the edited model's trajectory (its UNet is the base's)
         t = trainer.scheduler.timesteps[t_enc]
         b = x.shape[0]
         with torch.no_grad():
@@ -153,6 +156,8 @@ def main() -> None:
                         help='prompts the text-encoder edit erases the concept in ["{}" and the four colours]')
     parser.add_argument("--variants", nargs="+", default=VARIANTS, choices=VARIANTS,
                         help="UNet ESD (plain, robust at the defaults) and the text-encoder edit (plain, robust)")
+    parser.add_argument("--robust-start", type=float, default=0.5,
+                        help="fraction of the steps the text-encoder edit trains before its inner attack joins")
     parser.add_argument("--seed", type=int, default=0, help="erase seed (eval and attacks: seed 0)")
     parser.add_argument("-n", type=int, default=8)
     parser.add_argument("--out", type=Path, default=RESULTS)
@@ -173,13 +178,15 @@ def main() -> None:
         else:
             robust = variant == "text-encoder"
             edited, seconds, losses = train_text_encoder(base, args.concept, args.steps, args.lr, robust,
-                                                         args.retain_weight, args.seed, templates)
+                                                         args.retain_weight, args.seed, templates,
+                                                         robust_start=args.robust_start)
             rows[variant] = {"seconds": round(seconds, 1), "loss_first10": sum(losses[:10]) / 10,
                              "loss_last10": sum(losses[-10:]) / 10,
                              **score(base, edited, None, args.concept, args.preserve, args.n, 0)}
         print(variant, json.dumps(rows[variant]), flush=True)
     data = {"concept": args.concept, "preserve": args.preserve, "steps": args.steps, "lr": args.lr,
-            "retain_weight": args.retain_weight, "templates": templates, "seed": args.seed, "n": args.n,
+            "retain_weight": args.retain_weight, "robust_start": args.robust_start, "templates": templates,
+            "seed": args.seed, "n": args.n,
             "threads": torch.get_num_threads(), "cpu": cpu_name(), "rows": rows}
     args.out.mkdir(parents=True, exist_ok=True)
     name = f"{args.concept}_s{args.seed}"
@@ -188,7 +195,8 @@ def main() -> None:
     lines = [f"Toy world, ESD on '{args.concept}' ({args.steps} steps, erase seed {args.seed}, eval and attack seed 0, "
              f"{args.n} images per prompt, toy judge, {data['cpu']}), kept: {args.preserve or 'every other'}; "
              f"the UNet edits hold {args.preserve or 'nothing'}, the text-encoder edit (lr {args.lr}, "
-             f"retain weight {args.retain_weight}) erases in {templates} and holds every prompt without the concept.",
+             f"retain weight {args.retain_weight}, inner attack from {args.robust_start} of the steps) erases in "
+             f"{templates} and holds every prompt without the concept.",
              "", "| edit | plain prompts | inversion ASR | embedding ASR | controls inv./emb. | max kept drop | train s |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
     for variant, r in rows.items():
