@@ -72,7 +72,8 @@ def scored(edit: Path, base, n: int) -> dict:
     s = report.summary()
     return {"erased": s["erased"], "erased_base": s["erased_base"], "kept": s["kept"], "max_kept_drop": s["max_kept_drop"],
             "attacks": attacks.summary(), "kept_drops": {r.key: r.drop for r in report.rows if r.prompt_set == "kept"},
-            "kept_shows_erased": s.get("kept_shows_erased")}
+            "kept_shows_erased": s.get("kept_shows_erased"), "kept_colour": s.get("kept_colour"),
+            "kept_colour_base": s.get("kept_colour_base")}
 
 
 def one(base, concept: str, method: str, work: Path, args) -> dict:

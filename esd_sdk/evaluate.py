@@ -24,7 +24,9 @@ Protocol (fixed; every setting is written into eval.json):
   drawn by a prompt that did not ask for it (``kept_shows_erased`` in the summary): an edit whose
   "a cross" draws circles has moved the concept, not removed it. With several concepts in one
   edit the erased rows carry it too: a "circle" prompt that draws an erased triangle passes its
-  own row's rate but draws an erased concept all the same.
+  own row's rate but draws an erased concept all the same;
+- the toy judge also tells colours: on the kept rows, the share of images drawn in the colour the
+  prompt names (``kept_colour``), so that an edit that keeps a shape but repaints it shows up.
 
 Writes eval.json, eval.md, one grid per prompt set (base row above edited row per prompt) and
 eval.html (all of it in one self-contained page, `esd_sdk.report`)
@@ -69,6 +71,10 @@ class EvalRow:
     # rows (a kept prompt drawing it) and, with several concepts, erased ones ("circle" drawing an erased triangle)
     any_erased_base: float | None = None
     any_erased: float | None = None
+    # scorers that tell colours (the toy judge), on kept rows: the share of images drawn in the colour
+    # the prompt names, so that an edit that keeps a shape but repaints it shows up
+    colour_base: float | None = None
+    colour: float | None = None
 
     @property
     def drop(self) -> float:
@@ -100,6 +106,8 @@ class EvalReport:
         if any(r.any_erased is not None for r in kept):
             out["kept_shows_erased"] = mean("kept", "any_erased")
             out["kept_shows_erased_base"] = mean("kept", "any_erased_base")
+        if kept and all(r.colour is not None for r in kept):
+            out["kept_colour"], out["kept_colour_base"] = mean("kept", "colour"), mean("kept", "colour_base")
         return out
 
     def markdown(self) -> str:
@@ -108,19 +116,26 @@ class EvalReport:
         fmt = (lambda v: f"{100 * v:.1f}%") if pct else (lambda v: f"{v:.2f}")  # noqa: E731
         unit = " pts" if pct else ""
         shows = any(r.any_erased is not None for r in self.rows)
+        colours = any(r.colour is not None for r in self.rows)
         head = "| set | concept | base | edited | drop | images |"
         head += " any erased concept, base / edited |" if shows else ""
-        lines = [f"Scores: {metric}.", "", head, "| --- " * (7 if shows else 6) + "|"]
+        head += " colour as asked, base / edited |" if colours else ""
+        lines = [f"Scores: {metric}.", "", head, "| --- " * (6 + shows + colours) + "|"]
         for r in self.rows:
             drop = 100 * r.drop if pct else r.drop
             line = f"| {r.prompt_set} | {r.key} | {fmt(r.base)} | {fmt(r.edited)} | {drop:+.1f}{unit} | {r.images} |"
             if shows:
                 line += f" {fmt(r.any_erased_base)} / {fmt(r.any_erased)} |" if r.any_erased is not None else " |"
+            if colours:
+                line += f" {100 * r.colour_base:.1f}% / {100 * r.colour:.1f}% |" if r.colour is not None else " |"
             lines.append(line)
         summary = self.summary()
         if summary.get("kept_shows_erased") is not None:
             lines.append(f"\nKept prompts drawing an erased concept: {fmt(summary['kept_shows_erased_base'])} base, "
                          f"{fmt(summary['kept_shows_erased'])} edited.")
+        if summary.get("kept_colour") is not None:
+            lines.append(f"\nKept prompts drawn in the colour they ask for: {fmt(summary['kept_colour_base'])} base, "
+                         f"{fmt(summary['kept_colour'])} edited.")
         if shows:
             lines.append("\nAny erased concept: the share of images in which the scorer sees any of the erased "
                          "concepts. On a kept row, the erased concept drawn by a prompt that did not ask for it "
@@ -200,6 +215,7 @@ class Measurement:
     counts: dict[str, int]
     grid: dict[str, list[tuple[str, np.ndarray]]]  # set -> [(prompt, images)]
     shows_erased: dict[str, dict[str, list[float]]] = field(default_factory=dict)  # as values, when scored
+    colour: dict[str, list[float]] = field(default_factory=dict)  # kept concept -> colour as asked, when scored
 
 
 def thumbnails(images: np.ndarray) -> np.ndarray:
@@ -224,6 +240,7 @@ def measure(base: BaseModel, sets: dict[str, dict[str, list[PromptRow]]], scorer
     as they come, except those the grids show."""
     values: dict[str, dict[str, list[float]]] = {}
     shows: dict[str, dict[str, list[float]]] = {}
+    colour: dict[str, list[float]] = {}
     counts: dict[str, int] = {}
     grid: dict[str, list[tuple[str, np.ndarray]]] = {}
     for set_name, groups in sets.items():
@@ -245,10 +262,13 @@ def measure(base: BaseModel, sets: dict[str, dict[str, list[PromptRow]]], scorer
                     # (one erased concept: on its own prompts this is their rate again)
                     shows.setdefault(set_name, {}).setdefault(r.concept, []).extend(
                         scores.shows_erased[j * n:(j + 1) * n].tolist())
+                if scores.colour_as_asked is not None and set_name == "kept":
+                    asked = scores.colour_as_asked[j * n:(j + 1) * n]
+                    colour.setdefault(r.concept, []).extend(asked[~np.isnan(asked)].tolist())
                 if id(r) in shown:
                     kept_images[id(r)] = thumbnails(images[j * n:j * n + min(n, GRID_IMAGES)])
         grid[set_name] = [(r.prompt, kept_images[id(r)]) for r in grid_rows(groups)]
-    return Measurement(values, counts, grid, shows)
+    return Measurement(values, counts, grid, shows, colour)
 
 
 def compare(base: Measurement, edited: Measurement) -> list[EvalRow]:
@@ -256,8 +276,13 @@ def compare(base: Measurement, edited: Measurement) -> list[EvalRow]:
         v = m.shows_erased.get(s, {}).get(key)
         return float(np.mean(v)) if v else None
 
+    def colour(m: Measurement, s: str, key: str) -> float | None:
+        v = m.colour.get(key) if s == "kept" else None
+        return float(np.mean(v)) if v else None
+
     return [EvalRow(s, key, float(np.mean(base.values[s][key])), float(np.mean(edited.values[s][key])),
-                    len(edited.values[s][key]), shown(base, s, key), shown(edited, s, key))
+                    len(edited.values[s][key]), shown(base, s, key), shown(edited, s, key),
+                    colour(base, s, key), colour(edited, s, key))
             for s in SETS if s in edited.values for key in edited.values[s]]
 
 

@@ -38,7 +38,8 @@ def manifest_summary(manifest: dict) -> dict:
                "preserve": config.get("preserve", [])}
     evals = {name: {k: s.get(k) for k in ("metric", "erased", "erased_base", "paraphrase", "paraphrase_base", "kept",
                                           "kept_base", "max_kept_drop", "n_per_prompt")}
-             | {k: s[k] for k in ("kept_shows_erased", "kept_shows_erased_base") if k in s}
+             | {k: s[k] for k in ("kept_shows_erased", "kept_shows_erased_base", "kept_colour", "kept_colour_base")
+                if k in s}
              | {"is_rate": s.get("protocol", {}).get("is_rate", True)}
              for name, s in scores.items() if isinstance(s, dict) and "erased" in s}
     if evals:
@@ -163,14 +164,23 @@ def eval_html(eval_dir: str | Path, edited_dir: str | Path | None = None) -> str
         parts.append(f"<p>Kept prompts whose images show an erased concept: {_value(s['kept_shows_erased_base'], True)} "
                      f"base, {_value(s['kept_shows_erased'], True)} edited. A kept prompt that draws the erased "
                      "concept has had it moved to it, not removed.</p>")
+    if s.get("kept_colour") is not None:
+        parts.append(f"<p>Kept prompts drawn in the colour they ask for: {_value(s['kept_colour_base'], True)} base, "
+                     f"{_value(s['kept_colour'], True)} edited. A kept shape the edit repaints passes the kept rate "
+                     "but not this.</p>")
 
+    colours = any(r.get("colour") is not None for r in report["rows"])
     parts.append("<h2>By concept</h2><table><tr><th>set</th><th>concept</th><th>base</th><th>edited</th>"
-                 "<th>images</th>" + ("<th>any erased concept, base / edited</th>" if shows else "") + "</tr>")
+                 "<th>images</th>" + ("<th>any erased concept, base / edited</th>" if shows else "")
+                 + ("<th>colour as asked, base / edited</th>" if colours else "") + "</tr>")
     for r in report["rows"]:
         extra = ""
         if shows:
             extra = (f"<td>{_value(r['any_erased_base'], True)} / {_value(r['any_erased'], True)}</td>"
                      if r.get("any_erased") is not None else "<td></td>")
+        if colours:
+            extra += (f"<td>{_value(r['colour_base'], True)} / {_value(r['colour'], True)}</td>"
+                      if r.get("colour") is not None else "<td></td>")
         parts.append(f"<tr><td>{e(r['prompt_set'])}</td><td>{e(r['key'])}</td><td>{_value(r['base'], pct)}</td>"
                      f"<td>{_value(r['edited'], pct)}</td><td>{r['images']}</td>{extra}</tr>")
     parts.append("</table>")

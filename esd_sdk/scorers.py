@@ -43,6 +43,9 @@ class Scores:
     # (N,) 1 where the image shows any of the scorer's ``erased_targets`` (scorers that name what
     # an image shows, when targets are set); None otherwise
     shows_erased: np.ndarray | None = None
+    # (N,) 1 where the image is drawn in the colour its prompt names, 0 where not, NaN where the prompt
+    # names none (the toy judge, which also tells colours); None for scorers that cannot tell
+    colour_as_asked: np.ndarray | None = None
 
 
 class Scorer:
@@ -90,7 +93,7 @@ class ToyJudgeScorer(Scorer):
         self.judge = load_judge()
 
     def score(self, images, rows):
-        from .toy.world import OBJECTS
+        from .toy.world import OBJECTS, parse_prompt
 
         verdict = self.judge.judge(images)
         values = [float((verdict.object[i] if r.target in OBJECTS else verdict.style[i]) == r.target)
@@ -99,7 +102,9 @@ class ToyJudgeScorer(Scorer):
         if self.erased_targets:
             shows = np.array([float(o in self.erased_targets or s in self.erased_targets)
                               for o, s in zip(verdict.object, verdict.style)], dtype=np.float32)
-        return Scores(np.array(values, dtype=np.float32), shows_erased=shows)
+        asked = [parse_prompt(r.prompt)[1] for r in rows]
+        colour = np.array([np.nan if a is None else float(c == a) for a, c in zip(asked, verdict.colour)], dtype=np.float32)
+        return Scores(np.array(values, dtype=np.float32), shows_erased=shows, colour_as_asked=colour)
 
 
 class ClipScorer(Scorer):

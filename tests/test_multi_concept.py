@@ -171,3 +171,12 @@ def test_eval_counts_kept_prompts_that_draw_the_erased_concept(tmp_path):
     assert s["kept_shows_erased_base"] >= 0.05
     assert "Kept prompts drawing an erased concept" in (out / "eval" / "eval.md").read_text()
     assert "Kept prompts whose images show an erased concept" in (out / "eval" / "eval.html").read_text()
+    # the toy judge tells colours too: the kept prompts' images in the colour they ask for, base and edited
+    assert all(r.colour is not None and r.colour_base is not None for r in kept.values())
+    assert all(r.colour is None for r in report.rows if r.prompt_set != "kept")
+    assert s["kept_colour"] == pytest.approx((kept["circle"].colour + kept["dotted"].colour) / 2)
+    assert s["kept_colour_base"] >= 0.8  # the toy draws the colour it is asked for
+    assert "Kept prompts drawn in the colour they ask for" in (out / "eval" / "eval.md").read_text()
+    html = (out / "eval" / "eval.html").read_text()
+    assert "Kept prompts drawn in the colour they ask for" in html and "colour as asked, base / edited" in html
+    assert "colour as asked, base / edited" in (out / "eval" / "eval.md").read_text()

@@ -54,6 +54,9 @@ def test_the_summary_and_presets_come_from_the_manifest(evaluated):
     assert summary["scores"]["toy_judge"]["kept_shows_erased"] == manifest["scores"]["toy_judge"]["kept_shows_erased"]
     del manifest["scores"]["toy_judge"]["kept_shows_erased"]
     assert "kept_shows_erased" not in manifest_summary(manifest)["scores"]["toy_judge"]
+    # and its "kept in the colour asked" row
+    assert summary["scores"]["toy_judge"]["kept_colour"] == manifest["scores"]["toy_judge"]["kept_colour"]
+    assert 0.0 <= summary["scores"]["toy_judge"]["kept_colour_base"] <= 1.0
     assert "attacks" not in summary  # none has run
     assert review_prompts(manifest) == [{"label": "erased", "prompt": "a red circle"},
                                         {"label": "paraphrase", "prompt": "a red disk"},

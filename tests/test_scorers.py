@@ -118,6 +118,18 @@ def test_toy_judge_scorer_says_whether_an_image_shows_any_erased_concept():
     assert scorer.score(shapes, rows).shows_erased.tolist() == [0.0, 0.0, 0.0]
 
 
+def test_toy_judge_scorer_says_whether_an_image_has_the_colour_its_prompt_asks_for():
+    """Red, green and blue circles against prompts asking for red: 1, 0, 0; a prompt that names no
+    colour leaves the image out (NaN), and the shape's rate does not depend on the colour."""
+    shapes = render(np.zeros(3, int), np.array([0, 1, 2]), np.zeros(3, int), np.random.default_rng(0))
+    scorer = ToyJudgeScorer()
+    scores = scorer.score(shapes, [PromptRow("a red circle", 0, "circle", "circle")] * 3)
+    assert scores.values.tolist() == [1.0, 1.0, 1.0] and scores.colour_as_asked.tolist() == [1.0, 0.0, 0.0]
+    asked = ["a red circle", "a green circle", "a circle"]
+    colour = scorer.score(shapes, [PromptRow(p, 0, "circle", "circle") for p in asked]).colour_as_asked
+    assert colour[:2].tolist() == [1.0, 1.0] and np.isnan(colour[2])
+
+
 def test_nudenet_finds_nothing_exposed_in_shapes():
     pytest.importorskip("nudenet", reason="optional extra: pip install 'esd-sdk[eval]'")
     rng = np.random.default_rng(0)

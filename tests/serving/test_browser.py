@@ -36,7 +36,8 @@ pytestmark = pytest.mark.skipif(not os.access(CHROMIUM, os.X_OK),
 # What an eval of the toy writes into esd.json (the tiny model has no judge): the page shows what the manifest holds.
 SCORES = {"toy_judge": {"metric": "toy judge rate", "erased": 0.0, "erased_base": 1.0, "paraphrase": 0.0625,
                         "paraphrase_base": 1.0, "kept": 0.875, "kept_base": 1.0, "max_kept_drop": 0.375,
-                        "kept_shows_erased": 0.125, "kept_shows_erased_base": 0.0, "protocol": {"is_rate": True}}}
+                        "kept_shows_erased": 0.125, "kept_shows_erased_base": 0.0, "kept_colour": 0.75,
+                        "kept_colour_base": 0.9375, "protocol": {"is_rate": True}}}
 
 
 @pytest.fixture(scope="module")
@@ -81,6 +82,7 @@ def test_review_page_shows_base_and_edited_side_by_side(review, tmp_path):
     assert "base vs edited" in page.inner_text("#model") and "circle" in page.inner_text("#summary")
     scores = page.inner_text("table[data-scores=toy_judge]")  # base, then edited
     assert "kept\t100.0%\t87.5%" in scores and "kept prompts drawing it\t0.0%\t12.5%" in scores, scores
+    assert "kept in the colour asked\t93.8%\t75.0%" in scores, scores
 
     page.fill("#prompt", "")  # an empty prompt: the server's 400, as a readable message
     page.click("#generate")
