@@ -165,8 +165,9 @@ def markdown(data: dict) -> str:
              f"thread(s). Robust settings: {data['rows'][0]['robust_settings'] or 'defaults'}{ran(data)}; preserve: "
              f"{data['preserve'] or 'none'}{'; --set ' + ', '.join(f'{k}={v}' for k, v in overrides.items()) if overrides else ''}.",
              "",
-             "| erase | variant | plain prompts | inversion ASR | embedding ASR | control inv. / emb. (base) | max kept drop | erase s |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "| erase | variant | plain prompts | inversion ASR | embedding ASR | control inv. / emb. (base) | max kept drop "
+             "| kept in the colour asked (base / edited) | erase s |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for row in data["rows"]:
         for name in [v for v in ("plain", "robust") if v in row]:
             r = row[name]
@@ -174,9 +175,10 @@ def markdown(data: dict) -> str:
             lines.append(f"| ESD-{row['method']} {row['concept']} | {name} | {pct(r['erased'])} | "
                          f"**{frac(a['inversion']['asr'])}** | **{frac(a['embedding']['asr'])}** | "
                          f"{frac(a['inversion']['control'])} / {frac(a['embedding']['control'])} | "
-                         f"{pct(r['max_kept_drop'])} | {r['training_seconds']:.0f} |")
+                         f"{pct(r['max_kept_drop'])} | {pct(r.get('kept_colour_base'))} / {pct(r.get('kept_colour'))} | "
+                         f"{r['training_seconds']:.0f} |")
         if "time_ratio" in row:
-            lines.append(f"| | robust / plain time | | | | | | **{row['time_ratio']:.2f}x** |")
+            lines.append(f"| | robust / plain time | | | | | | | **{row['time_ratio']:.2f}x** |")
     return "\n".join(lines) + "\n"
 
 
