@@ -44,23 +44,25 @@ class Conditioning:
         return out
 
 
-@torch.no_grad()
 def encode_prompts(base: BaseModel, prompts: list[str], device: torch.device | str = "cpu",
-                   resolution: int | None = None) -> Conditioning:
-    """Encode prompts with the base model's frozen text encoder(s). The empty prompt "" gives
-    the unconditional embedding used for classifier-free guidance."""
-    pipe = base.pipeline
-    # Encode where the text encoder lives (it is the caller's: never moved), then move the result.
-    encoder = pipe.text_encoder if pipe.text_encoder is not None else pipe.text_encoder_2
-    here = encoder.device
-    if base.uses_added_conditioning:
-        hidden, _, pooled, _ = pipe.encode_prompt(
-            prompts, device=here, num_images_per_prompt=1, do_classifier_free_guidance=False)
-        size = resolution or pipe.unet.config.sample_size * pipe.vae_scale_factor
-        projection = pipe.text_encoder_2.config.projection_dim
-        time_ids = pipe._get_add_time_ids((size, size), (0, 0), (size, size), dtype=hidden.dtype,
-                                          text_encoder_projection_dim=projection)
-        added = {"text_embeds": pooled, "time_ids": time_ids.to(here).repeat(len(prompts), 1)}
-        return Conditioning(hidden, added).to(device)
-    hidden, _ = pipe.encode_prompt(prompts, device=here, num_images_per_prompt=1, do_classifier_free_guidance=False)
-    return Conditioning(hidden).to(device)
+                   resolution: int | None = None, grad: bool = False) -> Conditioning:
+    """Encode prompts with the model's text encoder(s). The empty prompt "" gives
+    the unconditional embedding used for classifier-free guidance. With ``grad`` the result is
+    differentiable in the text encoders' weights (an edit of the encoder trains through it);
+    otherwise no graph is kept."""
+    with torch.set_grad_enabled(grad):
+        pipe = base.pipeline
+        # Encode where the text encoder lives (it is the caller's: never moved), then move the result.
+        encoder = pipe.text_encoder if pipe.text_encoder is not None else pipe.text_encoder_2
+        here = encoder.device
+        if base.uses_added_conditioning:
+            hidden, _, pooled, _ = pipe.encode_prompt(
+                prompts, device=here, num_images_per_prompt=1, do_classifier_free_guidance=False)
+            size = resolution or pipe.unet.config.sample_size * pipe.vae_scale_factor
+            projection = pipe.text_encoder_2.config.projection_dim
+            time_ids = pipe._get_add_time_ids((size, size), (0, 0), (size, size), dtype=hidden.dtype,
+                                              text_encoder_projection_dim=projection)
+            added = {"text_embeds": pooled, "time_ids": time_ids.to(here).repeat(len(prompts), 1)}
+            return Conditioning(hidden, added).to(device)
+        hidden, _ = pipe.encode_prompt(prompts, device=here, num_images_per_prompt=1, do_classifier_free_guidance=False)
+        return Conditioning(hidden).to(device)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from esd_sdk import load_base
 from esd_sdk.conditioning import encode_prompts
 
 
@@ -16,12 +17,11 @@ def text_encoder_bench(benchmark_module):
     return benchmark_module("robust_text_encoder")
 
 
-def test_encoding_with_grad_is_the_pipelines_encoding(text_encoder_bench):
-    from toy_erasure import toy_base
-
-    base = toy_base()
+def test_encoding_with_grad_is_the_pipelines_encoding():
+    base = load_base("toy")
     prompts = ["", "a red circle", "a striped blue square"]
-    hidden = text_encoder_bench.encode_with_grad(base.pipeline, prompts)
+    hidden = encode_prompts(base, prompts, grad=True).hidden
+    assert not encode_prompts(base, prompts).hidden.requires_grad  # the default keeps no graph
     assert torch.equal(hidden.detach(), encode_prompts(base, prompts).hidden)
     hidden.square().sum().backward()
     grads = [p.grad for p in base.pipeline.text_encoder.parameters() if p.requires_grad]
