@@ -215,7 +215,7 @@ class Measurement:
     counts: dict[str, int]
     grid: dict[str, list[tuple[str, np.ndarray]]]  # set -> [(prompt, images)]
     shows_erased: dict[str, dict[str, list[float]]] = field(default_factory=dict)  # as values, when scored
-    colour: dict[str, list[float]] = field(default_factory=dict)  # kept concept -> colour as asked, when scored
+    colour: dict[str, dict[str, list[float]]] = field(default_factory=dict)  # colour as asked, kept rows, when scored
 
 
 def thumbnails(images: np.ndarray) -> np.ndarray:
@@ -240,7 +240,7 @@ def measure(base: BaseModel, sets: dict[str, dict[str, list[PromptRow]]], scorer
     as they come, except those the grids show."""
     values: dict[str, dict[str, list[float]]] = {}
     shows: dict[str, dict[str, list[float]]] = {}
-    colour: dict[str, list[float]] = {}
+    colour: dict[str, dict[str, list[float]]] = {}
     counts: dict[str, int] = {}
     grid: dict[str, list[tuple[str, np.ndarray]]] = {}
     for set_name, groups in sets.items():
@@ -264,7 +264,7 @@ def measure(base: BaseModel, sets: dict[str, dict[str, list[PromptRow]]], scorer
                         scores.shows_erased[j * n:(j + 1) * n].tolist())
                 if scores.colour_as_asked is not None and set_name == "kept":
                     asked = scores.colour_as_asked[j * n:(j + 1) * n]
-                    colour.setdefault(r.concept, []).extend(asked[~np.isnan(asked)].tolist())
+                    colour.setdefault(set_name, {}).setdefault(r.concept, []).extend(asked[~np.isnan(asked)].tolist())
                 if id(r) in shown:
                     kept_images[id(r)] = thumbnails(images[j * n:j * n + min(n, GRID_IMAGES)])
         grid[set_name] = [(r.prompt, kept_images[id(r)]) for r in grid_rows(groups)]
@@ -272,17 +272,13 @@ def measure(base: BaseModel, sets: dict[str, dict[str, list[PromptRow]]], scorer
 
 
 def compare(base: Measurement, edited: Measurement) -> list[EvalRow]:
-    def shown(m: Measurement, s: str, key: str) -> float | None:
-        v = m.shows_erased.get(s, {}).get(key)
-        return float(np.mean(v)) if v else None
-
-    def colour(m: Measurement, s: str, key: str) -> float | None:
-        v = m.colour.get(key) if s == "kept" else None
+    def mean(values: dict[str, dict[str, list[float]]], s: str, key: str) -> float | None:
+        v = values.get(s, {}).get(key)
         return float(np.mean(v)) if v else None
 
     return [EvalRow(s, key, float(np.mean(base.values[s][key])), float(np.mean(edited.values[s][key])),
-                    len(edited.values[s][key]), shown(base, s, key), shown(edited, s, key),
-                    colour(base, s, key), colour(edited, s, key))
+                    len(edited.values[s][key]), mean(base.shows_erased, s, key), mean(edited.shows_erased, s, key),
+                    mean(base.colour, s, key), mean(edited.colour, s, key))
             for s in SETS if s in edited.values for key in edited.values[s]]
 
 
