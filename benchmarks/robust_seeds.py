@@ -33,7 +33,17 @@ GOALS = {"asr": 0.05, "erased": 0.02, "kept_drop": 0.03}
 def figures(variant: dict) -> dict:
     a = variant["attacks"]
     return {"erased": variant["erased"], "inversion": a["inversion"]["asr"], "embedding": a["embedding"]["asr"],
-            "controls": min(a["inversion"]["control"], a["embedding"]["control"]), "kept_drop": variant["max_kept_drop"]}
+            "controls": min(a["inversion"]["control"], a["embedding"]["control"]), "kept_drop": variant["max_kept_drop"],
+            # None in reports from before the eval scored colours
+            "kept_colour": variant.get("kept_colour"), "kept_colour_base": variant.get("kept_colour_base")}
+
+
+def colour_mean(rows: list[dict]) -> dict:
+    """The mean kept-in-the-colour-asked rate of the edits and of the base over the rows that carry one
+    (reported beside the goals, not one of them), and how many do."""
+    have = [r for r in rows if r.get("kept_colour") is not None and r.get("kept_colour_base") is not None]
+    mean = lambda key: sum(r[key] for r in have) / len(have) if have else None  # noqa: E731
+    return {"edited": mean("kept_colour"), "base": mean("kept_colour_base"), "seeds": len(have)}
 
 
 # The robust settings a table compares, with the value each had before it existed (older reports lack it).
@@ -134,7 +144,8 @@ def summary(seeds: dict[int, dict[str, dict]]) -> dict:
     return {"seeds": len(robust), "met": met, "met_interval": wilson(met, len(robust)), "met_each": each,
             "attack_free": attack_free, "plain_seeds": sum("plain" in v for v in seeds.values()), "paired_seeds": len(both),
             "robust_lower_both_attacks": lower, "mean_over_paired_seeds": mean, "mean_of_robust_rows": average(robust),
-            "min_control": min(v[n]["controls"] for v in seeds.values() for n in v)}
+            "min_control": min(v[n]["controls"] for v in seeds.values() for n in v),
+            "kept_colour": {name: colour_mean([v[name] for v in seeds.values() if name in v]) for name in ("plain", "robust")}}
 
 
 def describe(recipe: dict) -> str:
@@ -187,6 +198,11 @@ def markdown(seeds: dict[int, dict[str, dict]], s: dict, recipes: dict[str, dict
               "", f"The two goals that need no attack (plain prompts <= 2%, kept within 3 points) together: robust ESD at "
                   f"{s['attack_free']['robust']} of {s['seeds']}"
                   + (f", plain ESD at {s['attack_free']['plain']} of {s['plain_seeds']}." if s["plain_seeds"] else ".")]
+    colour = {name: c for name, c in s["kept_colour"].items() if c["seeds"]}
+    if colour:  # the kept goal counts shapes; a kept shape repainted in another colour passes it
+        lines += ["", "Kept images in the colour their prompt asks for (not a goal), base / edited: "
+                      + ", ".join(f"{name} ESD {pct(c['base'])} / {pct(c['edited'])} (mean of {c['seeds']} seeds)"
+                                  for name, c in colour.items()) + "."]
     return "\n".join(lines) + "\n"
 
 

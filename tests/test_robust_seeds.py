@@ -183,3 +183,24 @@ def test_rescore_needs_both_attacks(rescore_seeds, tmp_path):
     (tmp_path / "sources.txt").write_text("0 e0\n")
     with pytest.raises(SystemExit, match="no embedding attack in attack/attack.json: score it with --attack inversion"):
         rescore_seeds.collect(tmp_path / "sources.txt")
+
+
+def test_kept_colours_beside_the_goals(robust_seeds, tmp_path):
+    """Reports that scored colours give their means (base and edited, per variant) under the table;
+    older reports without them are left out of the mean, not counted as 0; none at all: no line."""
+    coloured = lambda v, edited: {**v, "kept_colour": edited, "kept_colour_base": 1.0}  # noqa: E731
+    names = [_report(tmp_path / "a.json", 0, plain=coloured(_variant(0.1, 0.5, 0.5, 0.0), 0.9),
+                     robust=coloured(_variant(0, 0, 0, 0), 0.75)),
+             _report(tmp_path / "b.json", 1, plain=_variant(0.1, 0.4, 0.5, 0.0),
+                     robust=coloured(_variant(0, 0.1, 0, 0), 0.5))]
+    (tmp_path / "sources.txt").write_text("\n".join(names) + "\n")
+    seeds, recipes = robust_seeds.collect(tmp_path / "sources.txt")
+    s = robust_seeds.summary(seeds)
+    assert s["kept_colour"]["robust"] == {"edited": pytest.approx(0.625), "base": 1.0, "seeds": 2}
+    assert s["kept_colour"]["plain"] == {"edited": pytest.approx(0.9), "base": 1.0, "seeds": 1}
+    text = robust_seeds.markdown(seeds, s, recipes)
+    assert ("base / edited: plain ESD 100.0% / 90.0% (mean of 1 seeds), robust ESD 100.0% / 62.5% (mean of 2 seeds)."
+            in text)
+    (tmp_path / "sources.txt").write_text(_report(tmp_path / "c.json", 2, robust=_variant(0, 0, 0, 0)) + "\n")
+    seeds, recipes = robust_seeds.collect(tmp_path / "sources.txt")
+    assert "colour" not in robust_seeds.markdown(seeds, robust_seeds.summary(seeds), recipes)
