@@ -47,7 +47,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	# two pytest-xdist workers (whole files each, one torch thread each; OMP_WAIT_POLICY=PASSIVE: threads waiting at
-	# an OpenMP barrier sleep instead of spinning on the other worker's core). 5-8 minutes alone on a 2-core VM
+	# an OpenMP barrier sleep instead of spinning on the other worker's core). 4-8 minutes alone on a 2-core VM
 	# (4 min 46 s at stop 38 on an AMX Xeon VM: 348 passed, 13 skipped, chromium installed); the stop-by-stop timings are in the closing notes (`issues stops`).
 	OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m pytest -n 2 --dist loadfile
 
