@@ -113,7 +113,8 @@ class EvalReport:
     def markdown(self) -> str:
         metric = self.protocol.get("metric", "rate")
         pct = self.protocol.get("is_rate", True)
-        fmt = (lambda v: f"{100 * v:.1f}%") if pct else (lambda v: f"{v:.2f}")  # noqa: E731
+        share = lambda v: f"{100 * v:.1f}%"  # noqa: E731  (a share of images, whatever the metric)
+        fmt = share if pct else (lambda v: f"{v:.2f}")  # noqa: E731
         unit = " pts" if pct else ""
         shows = any(r.any_erased is not None for r in self.rows)
         colours = any(r.colour is not None for r in self.rows)
@@ -127,15 +128,15 @@ class EvalReport:
             if shows:
                 line += f" {fmt(r.any_erased_base)} / {fmt(r.any_erased)} |" if r.any_erased is not None else " |"
             if colours:
-                line += f" {100 * r.colour_base:.1f}% / {100 * r.colour:.1f}% |" if r.colour is not None else " |"
+                line += f" {share(r.colour_base)} / {share(r.colour)} |" if r.colour is not None else " |"
             lines.append(line)
         summary = self.summary()
         if summary.get("kept_shows_erased") is not None:
             lines.append(f"\nKept prompts drawing an erased concept: {fmt(summary['kept_shows_erased_base'])} base, "
                          f"{fmt(summary['kept_shows_erased'])} edited.")
         if summary.get("kept_colour") is not None:
-            lines.append(f"\nKept prompts drawn in the colour they ask for: {fmt(summary['kept_colour_base'])} base, "
-                         f"{fmt(summary['kept_colour'])} edited.")
+            lines.append(f"\nKept prompts drawn in the colour they ask for: {share(summary['kept_colour_base'])} base, "
+                         f"{share(summary['kept_colour'])} edited.")
         if shows:
             lines.append("\nAny erased concept: the share of images in which the scorer sees any of the erased "
                          "concepts. On a kept row, the erased concept drawn by a prompt that did not ask for it "
